@@ -1,0 +1,71 @@
+"""A multiprocess-safe, append-only ledger of attempt receipts: one JSONL file per (run, node)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._api import (
+    CACHE_SIZE,
+    append_receipt,
+    append_receipts,
+    clear_cache,
+    read_last_seq,
+    read_receipt_records,
+    reconcile_receipts,
+)
+from ._codec import encode_record
+from ._errors import InvalidEvent, LedgerError, LedgerIOError, LockTimeout, SeqExhausted
+from ._ledger import AttemptLedger
+from ._paths import (
+    ROOT_ENV,
+    receipt_path_for_state_dir,
+    receipts_path,
+    receipts_root,
+    receipts_root_for_state_dir,
+    sanitize_segment,
+)
+from ._records import (
+    RECEIPT_SCHEMA_VERSION,
+    AppendSummary,
+    JSONValue,
+    ReceiptDraft,
+    ReceiptEvent,
+    ReceiptRecord,
+    ReconcileSummary,
+)
+
+try:
+    __version__ = version("attempt_ledger")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "CACHE_SIZE",
+    "RECEIPT_SCHEMA_VERSION",
+    "ROOT_ENV",
+    "AppendSummary",
+    "AttemptLedger",
+    "InvalidEvent",
+    "JSONValue",
+    "LedgerError",
+    "LedgerIOError",
+    "LockTimeout",
+    "ReceiptDraft",
+    "ReceiptEvent",
+    "ReceiptRecord",
+    "ReconcileSummary",
+    "SeqExhausted",
+    "__version__",
+    "append_receipt",
+    "append_receipts",
+    "clear_cache",
+    "encode_record",
+    "read_last_seq",
+    "read_receipt_records",
+    "receipt_path_for_state_dir",
+    "receipts_path",
+    "receipts_root",
+    "receipts_root_for_state_dir",
+    "reconcile_receipts",
+    "sanitize_segment",
+]

@@ -1,0 +1,260 @@
+"""The line format: validating and encoding receipts, and deciding what a line in a file is.
+
+A line is one compact JSON object terminated by ``\\n``: UTF-8, non-ASCII not escaped, top-level
+keys in :class:`ReceiptRecord` field order, payload object keys sorted at every depth (what the
+seed's ``serde_json`` writes). Everything a batch writes except ``seq`` and ``ts_ms`` is encoded
+and checked before the lock is taken, so a rejected batch never touches the file and the
+critical section only joins bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from ._records import (
+    RECEIPT_SCHEMA_VERSION,
+    U32_MAX,
+    U64_MAX,
+    ReceiptEvent,
+    ReceiptRecord,
+    converter,
+)
+
+# Rust's `str::trim` strips the Unicode White_Space property; Python's `str.strip()` also strips
+# U+001C..U+001F, which are not White_Space, so the set is spelled out.
+RUST_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+_EXACT_SCALARS = frozenset(_JSON_SCALARS)
+
+
+def rust_trim(text: str) -> str:
+    """Trim ``text`` exactly as Rust's ``str::trim`` does."""
+    return text.strip(RUST_WHITESPACE)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+#: Deepest nesting a payload may have (the stdlib decoder gives up near 1,000 in any case).
+MAX_DEPTH = 512
+
+_payload_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+)
+# JSONEncoder.encode builds a C encoder on every call, which costs more than encoding a small
+# payload; build it once when this interpreter has one. Same arguments, same output.
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encoder = (
+    _make_c_encoder(
+        None,
+        _payload_encoder.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        True,
+        False,
+        False,
+    )
+    if _make_c_encoder is not None
+    else None
+)
+# JSON string literal of a str, non-ASCII kept: what json.dumps(text, ensure_ascii=False) gives.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _dump_payload(payload: object) -> str:
+    if _c_encoder is not None:
+        return "".join(_c_encoder(payload, 0))
+    return _payload_encoder.encode(payload)  # pragma: no cover - interpreters without _json
+
+
+def _check_payload(payload: object) -> None:
+    # json.dumps would quietly turn {1: 2} into {"1": 2}; a receipt's payload must round-trip.
+    # The depth bound also stops a self-containing payload, as no circular check runs.
+    scalars = _EXACT_SCALARS
+    stack = [(payload, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"payload is nested deeper than {MAX_DEPTH} levels (or is circular)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if type(key) is not str and not isinstance(key, str):
+                    raise ValueError(f"payload has a non-string object key {key!r}")
+                if type(item) not in scalars:
+                    stack.append((item, depth + 1))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value if type(item) not in scalars)
+        elif not isinstance(value, _JSON_SCALARS):
+            raise ValueError(f"payload holds a {type(value).__name__}, which is not JSON")
+
+
+def encode_payload(payload: object) -> str:
+    """Return the canonical JSON text of ``payload``.
+
+    :raises ValueError: if ``payload`` is not a JSON value (non-string keys, NaN, other types,
+        nesting too deep).
+    """
+    _check_payload(payload)
+    try:
+        return _dump_payload(payload)
+    except ValueError as error:
+        raise ValueError(f"payload is not JSON: {error}") from None
+    except RecursionError:
+        raise ValueError("payload is nested too deeply") from None
+
+
+def check_ids(run_id: object, node_id: object, attempt: object, session_id: object) -> None:
+    """Check the ids and attempt of an append.
+
+    :raises ValueError: naming the first field that is wrong.
+    """
+    for name, value in (("run_id", run_id), ("node_id", node_id), ("session_id", session_id)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be str, not {type(value).__name__}")
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        raise ValueError(f"attempt must be int, not {type(attempt).__name__}")
+    if not 0 <= attempt <= U32_MAX:
+        raise ValueError(f"attempt {attempt} is outside 0..{U32_MAX}")
+
+
+class EncodedBatch:
+    """The lines of a batch with ``seq`` and ``ts_ms`` left open.
+
+    Each line is ``head + seq + middle + ts_ms + tail``; ``head`` is shared by the whole batch.
+    """
+
+    __slots__ = ("head", "tails")
+
+    def __init__(self, head: bytes, tails: list[bytes]) -> None:
+        self.head = head
+        self.tails = tails
+
+    def render(self, first_seq: int, ts_ms: int) -> bytes:
+        """Join the lines, numbering them from ``first_seq``."""
+        head = self.head
+        ts = b',"ts_ms":%d,"event_type":' % ts_ms
+        return b"".join(
+            [head + b"%d" % seq + ts + tail for seq, tail in enumerate(self.tails, first_seq)]
+        )
+
+
+def encode_head(run_id: str, node_id: str, attempt: int, session_id: str) -> bytes:
+    """Encode the fields a batch shares, up to the ``seq`` value.
+
+    :raises ValueError: if an id is not valid UTF-8 text (a lone surrogate).
+    """
+    text = (
+        f'{{"version":{RECEIPT_SCHEMA_VERSION},"run_id":{_quote(run_id)},'
+        f'"node_id":{_quote(node_id)},"attempt":{attempt},'
+        f'"session_id":{_quote(session_id)},"seq":'
+    )
+    return _utf8(text, "ids")
+
+
+def encode_tail(event_type: str, payload: object) -> bytes:
+    """Encode ``event_type`` (trimmed) and ``payload`` with the closing brace and newline.
+
+    :raises ValueError: if ``event_type`` is not a str or ``payload`` is not a JSON value.
+    """
+    if not isinstance(event_type, str):
+        raise ValueError(f"event_type must be str, not {type(event_type).__name__}")
+    text = f'{_quote(rust_trim(event_type))},"payload":{encode_payload(payload)}}}\n'
+    return _utf8(text, "event")
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} cannot be encoded as UTF-8: {error.reason}") from None
+
+
+def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:
+    """Encode a batch of events.
+
+    :raises IndexedValueError: naming the first bad event.
+    """
+    try:
+        tails = [encode_tail(event.event_type, event.payload) for event in events]
+    except (ValueError, AttributeError):
+        for index, event in enumerate(events):  # find which one, off the fast path
+            try:
+                if not hasattr(event, "event_type") or not hasattr(event, "payload"):
+                    raise ValueError(f"expected a ReceiptEvent, got {type(event).__name__}")
+                encode_tail(event.event_type, event.payload)
+            except ValueError as error:
+                raise IndexedValueError(index, str(error)) from None
+        raise
+    return EncodedBatch(head, tails)
+
+
+class IndexedValueError(ValueError):
+    """A :class:`ValueError` about one event of a batch."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+
+
+def encode_record(record: ReceiptRecord) -> bytes:
+    """Return the exact line, newline included, that the ledger writes for ``record``.
+
+    :raises ValueError: if a field does not fit the format.
+    """
+    if record.version != RECEIPT_SCHEMA_VERSION:
+        raise ValueError(f"version {record.version} is not {RECEIPT_SCHEMA_VERSION}")
+    for name in ("seq", "ts_ms"):
+        value = getattr(record, name)
+        if type(value) is not int or not 0 <= value <= U64_MAX:
+            raise ValueError(f"{name} {value!r} is not an int in 0..{U64_MAX}")
+    check_ids(record.run_id, record.node_id, record.attempt, record.session_id)
+    head = encode_head(record.run_id, record.node_id, record.attempt, record.session_id)
+    batch = EncodedBatch(head, [encode_tail(record.event_type, record.payload)])
+    return batch.render(record.seq, record.ts_ms)
+
+
+def _load(line: bytes) -> object:
+    try:
+        return _decoder.decode(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def line_seq(line: bytes) -> int | None:
+    """Return the seq of a complete line (without its ``\\n``), or ``None`` if it is not valid.
+
+    A valid line is UTF-8 text holding one JSON object whose ``seq`` is an int (not a bool,
+    float or string) in ``0..2**64-1``.
+    """
+    obj = _load(line)
+    if type(obj) is not dict:
+        return None
+    seq = obj.get("seq")
+    if type(seq) is int and 0 <= seq <= U64_MAX:
+        return seq
+    return None
+
+
+def decode_record(line: bytes) -> ReceiptRecord | None:
+    """Return the record a complete line holds, or ``None`` if it is not a well-typed record.
+
+    Unknown keys are ignored; ints are never coerced from strings, floats or bools.
+    """
+    obj = _load(line)
+    if type(obj) is not dict:
+        return None
+    try:
+        return converter.structure(obj, ReceiptRecord)
+    except (TypeError, ValueError, KeyError):
+        return None

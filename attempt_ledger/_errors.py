@@ -1,0 +1,100 @@
+"""The exceptions the ledger raises: one base class, subclasses that carry their data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Base class of every error the ledger raises on purpose.
+
+    :ivar path: the file the error concerns (a ledger, its lock file, or a directory on the way).
+    :ivar reason: what went wrong, in words.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __str__(self) -> str:
+        # OSError-derived subclasses would otherwise render their errno fields, not the message.
+        return f"{self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.reason)
+
+
+class InvalidEvent(LedgerError, ValueError):
+    """An argument of an append was rejected before anything was written.
+
+    :ivar index: position of the offending event in the batch, or ``None`` when the error is not
+        about one event (a bad ``attempt`` or id).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, index: int | None = None) -> None:
+        self.index = index
+        super().__init__(path, reason if index is None else f"event {index}: {reason}")
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.reason, self.index)
+
+
+class LockTimeout(LedgerError, TimeoutError):
+    """The sidecar lock could not be taken within the ledger's ``lock_timeout``.
+
+    :ivar path: the lock file.
+    :ivar timeout: the timeout that expired, in seconds.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(path, f"lock not acquired within {timeout:g} s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.timeout)
+
+
+class SeqExhausted(LedgerError, OverflowError):
+    """Appending would take ``seq`` past ``2**64 - 1``; nothing was written.
+
+    :ivar last_seq: the ledger's last seq.
+    :ivar count: the number of events the append asked for.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], last_seq: int, count: int) -> None:
+        self.last_seq = last_seq
+        self.count = count
+        super().__init__(path, f"seq exhausted: last seq {last_seq}, cannot append {count} more")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.last_seq, self.count)
+
+
+class LedgerIOError(LedgerError, OSError):
+    """An operating-system call failed; the original :class:`OSError` is chained as ``__cause__``.
+
+    It is an :class:`OSError` too, with ``errno``, ``strerror`` and ``filename`` set, so code that
+    already catches ``OSError`` keeps working.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, errno: int | None = None) -> None:
+        super().__init__(path, reason)
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno is not None else reason
+        self.filename = str(self.path)
+
+    @classmethod
+    def wrap(cls, path: str | os.PathLike[str], action: str, error: OSError) -> LedgerIOError:
+        """Describe ``error``, raised while doing ``action`` on ``path``.
+
+        :param action: what was being done, as a verb phrase ("open the ledger").
+        """
+        cause = error.strerror or str(error)
+        return cls(path, f"cannot {action}: {cause}", error.errno)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.reason, self.errno)

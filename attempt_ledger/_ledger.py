@@ -1,0 +1,297 @@
+"""The ledger object: one (root, run, node) file, its sidecar lock and its append protocol."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from ._codec import (
+    EncodedBatch,
+    IndexedValueError,
+    check_ids,
+    encode_events,
+    encode_head,
+)
+from ._errors import InvalidEvent, LedgerIOError, SeqExhausted
+from ._locking import SidecarLock
+from ._paths import lock_path_for, receipts_path
+from ._reader import TAIL_BLOCK, iter_records, read_last_seq, scan_last_seq
+from ._reconcile import reconcile
+from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+def _check_timeout(_: object, __: object, value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"lock_timeout must be None or >= 0, not {value!r}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Handles:
+    """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
+
+    __slots__ = ("fd", "known", "new_run_dir")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        # (inode, size, last seq) after our last append: while the file still has that inode and
+        # size, nobody has appended since, and the tail need not be read again.
+        self.known: tuple[int, int, int] | None = None
+        self.new_run_dir = False
+
+    def close(self) -> None:
+        self.known = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+@attrs.frozen(eq=False)
+class AttemptLedger:
+    """The append-only receipt ledger of one (run, node) under ``root``.
+
+    Safe to share between threads, to use from several processes at once, and to use on both
+    sides of a ``fork()``. It keeps two descriptors open (the ledger and its lock file) from the
+    first append until :meth:`close`; a closed ledger reopens them when used again.
+
+    :param root: the receipts root.
+    :param run_id: the run's id, stored raw in each receipt; sanitized only for the path.
+    :param node_id: the node's id, likewise.
+    :param lock_timeout: seconds an append waits for the lock before raising
+        :class:`LockTimeout`; ``None`` (default) waits as long as it takes, blocking in the kernel.
+    :param durable: fsync the ledger after every append, and its directory (and the root's, for a
+        new run directory) when a file or directory is created.
+    """
+
+    root: Path = attrs.field(converter=Path)
+    run_id: str
+    node_id: str
+    lock_timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
+    durable: bool = attrs.field(default=False, kw_only=True)
+    #: The ledger file: ``root / sanitize(run_id) / sanitize(node_id).jsonl``.
+    path: Path = attrs.field(init=False)
+    #: The sidecar lock file, ``<path>.lock``.
+    lock_path: Path = attrs.field(init=False)
+    _lock: SidecarLock = attrs.field(init=False, repr=False)
+    _handles: _Handles = attrs.field(init=False, repr=False, factory=_Handles)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("run_id", "node_id"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be str, not {type(getattr(self, name)).__name__}")
+        path = receipts_path(self.root, self.run_id, self.node_id)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "lock_path", lock_path_for(path))
+        object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=self._make_dirs))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Descriptors and mutexes do not travel; a spawned worker gets a fresh ledger.
+        return _rebuild, (self.root, self.run_id, self.node_id, self.lock_timeout, self.durable)
+
+    def __enter__(self) -> AttemptLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the descriptors the ledger holds. It stays usable and reopens them on demand."""
+        with self._lock.mutex:
+            self._handles.close()
+            self._lock.close()
+
+    # -- appending ------------------------------------------------------------------------------
+
+    def append(
+        self, attempt: int, session_id: str, events: Iterable[ReceiptEvent]
+    ) -> AppendSummary:
+        """Append ``events`` as consecutive records, all or none.
+
+        Every line is encoded and checked before the lock is taken; under the lock a torn last
+        line is sealed with ``\\n``, the last seq read from the tail, and the batch written in one
+        write loop. If that write fails, the file is truncated back to its size before the
+        append. An empty batch writes and creates nothing.
+
+        :returns: the ledger path, the seq of the last record written, and how many were written.
+        :raises InvalidEvent: if an id, ``attempt`` or an event is not valid; nothing is written.
+        :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``; nothing is written.
+        :raises LockTimeout: if ``lock_timeout`` expires first.
+        :raises LedgerIOError: if a system call fails; the file is left as it was.
+        """
+        try:
+            check_ids(self.run_id, self.node_id, attempt, session_id)
+            head = encode_head(self.run_id, self.node_id, attempt, session_id)
+            batch = encode_events(head, events if isinstance(events, list) else list(events))
+        except IndexedValueError as error:
+            raise InvalidEvent(self.path, str(error), error.index) from None
+        except ValueError as error:
+            raise InvalidEvent(self.path, str(error)) from None
+        if not batch.tails:
+            return AppendSummary(self.path, self.last_seq(), 0)
+        lock = self._lock
+        lock.acquire(self.lock_timeout)
+        try:
+            return self._append_locked(batch)
+        finally:
+            lock.release()
+
+    def _append_locked(self, batch: EncodedBatch) -> AppendSummary:
+        handles = self._handles
+        fd = handles.fd if handles.fd is not None else self._ledger_fd()
+        try:
+            stat = os.fstat(fd)
+            if not stat.st_nlink:  # deleted or replaced since we opened it: follow the path
+                handles.close()
+                fd = self._ledger_fd()
+                stat = os.fstat(fd)
+        except OSError as error:
+            raise LedgerIOError.wrap(self.path, "stat the ledger", error) from error
+        size = stat.st_size
+        known = handles.known
+        if known is not None and known[0] == stat.st_ino and known[1] == size:
+            last_seq = known[2]
+            seal = b""
+        else:
+            last_seq, seal = self._read_tail(fd, size)
+        count = len(batch.tails)
+        if last_seq + count > U64_MAX:
+            raise SeqExhausted(self.path, last_seq, count)
+        data = batch.render(last_seq + 1, time.time_ns() // 1_000_000)
+        if seal:
+            data = seal + data
+        handles.known = None
+        try:
+            _write_all(fd, data)
+            if self.durable:
+                os.fsync(fd)
+        except OSError as error:
+            self._roll_back(fd, size, error)
+        last_seq += count
+        handles.known = (stat.st_ino, size + len(data), last_seq)
+        return AppendSummary(self.path, last_seq, count)
+
+    def _read_tail(self, fd: int, size: int) -> tuple[int, bytes]:
+        # Returns the last seq once a torn last line is sealed, and the seal to write first.
+        try:
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            last_seq = scan_last_seq(fd, size, TAIL_BLOCK, count_fragment=torn)
+        except OSError as error:
+            raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
+        return last_seq, b"\n" if torn else b""
+
+    def _roll_back(self, fd: int, size: int, error: OSError) -> NoReturn:
+        try:
+            os.ftruncate(fd, size)
+        except OSError as truncate_error:
+            reason = f"append failed ({error.strerror}) and so did truncating it away"
+            raise LedgerIOError(
+                self.path, f"{reason}: {truncate_error.strerror}", error.errno
+            ) from error
+        raise LedgerIOError.wrap(self.path, "append to the ledger", error) from error
+
+    def _ledger_fd(self) -> int:
+        handles = self._handles
+        if handles.fd is None:
+            created = False
+            try:
+                try:
+                    handles.fd = os.open(self.path, _OPEN_FLAGS)
+                except FileNotFoundError:
+                    handles.fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o666)
+                    created = True
+                if self.durable and (created or handles.new_run_dir):
+                    _fsync_dir(self.path.parent)
+                    if handles.new_run_dir:
+                        _fsync_dir(self.root)
+                    handles.new_run_dir = False
+            except OSError as error:
+                handles.close()
+                raise LedgerIOError.wrap(self.path, "open the ledger", error) from error
+        return handles.fd
+
+    def _make_dirs(self) -> None:
+        run_dir = self.path.parent
+        try:
+            try:
+                os.mkdir(run_dir)
+            except FileNotFoundError:
+                os.makedirs(self.root, exist_ok=True)
+                os.mkdir(run_dir)
+            self._handles.new_run_dir = True
+        except FileExistsError:
+            if not run_dir.is_dir():
+                raise LedgerIOError(
+                    run_dir, "cannot create the run directory: a file is in the way"
+                ) from None
+        except OSError as error:
+            raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """Return the seq of the last valid line; 0 for a missing or empty ledger. Takes no lock.
+
+        :raises LedgerIOError: if the ledger exists but cannot be read.
+        """
+        return read_last_seq(self.path)
+
+    def records(self) -> list[ReceiptRecord]:
+        """Return every well-typed record, in file order; ``[]`` for a missing ledger.
+
+        :raises LedgerIOError: if the ledger exists but cannot be read.
+        """
+        return list(iter_records(self.path))
+
+    def iter_records(self, since_seq: int = 0) -> Iterator[ReceiptRecord]:
+        """Yield the well-typed records with ``seq > since_seq``, in file order, streaming.
+
+        Memory stays bounded by the longest line, whatever the file's size. Records appended
+        while iterating are yielded too, up to the end of file the iteration reaches.
+
+        :raises LedgerIOError: if the ledger exists but cannot be read.
+        """
+        return iter_records(self.path, since_seq)
+
+    def reconcile(
+        self,
+        expected_min_seq: int,
+        max_wait_ms: int,
+        poll_interval_ms: int = 10,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> ReconcileSummary:
+        """Wait until the ledger's last seq reaches ``expected_min_seq`` (0 means 1).
+
+        See :func:`attempt_ledger.reconcile_receipts` for the loop's rules.
+
+        :raises LedgerIOError: if the ledger exists but cannot be read.
+        """
+        return reconcile(
+            self.last_seq, expected_min_seq, max_wait_ms, poll_interval_ms, clock=clock, sleep=sleep
+        )
+
+
+def _rebuild(
+    root: Path, run_id: str, node_id: str, lock_timeout: float | None, durable: bool
+) -> AttemptLedger:
+    return AttemptLedger(root, run_id, node_id, lock_timeout=lock_timeout, durable=durable)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,190 @@
+"""The sidecar lock: filelock's OS-level primitive on a descriptor the ledger keeps open.
+
+An OS lock (``flock`` on POSIX) belongs to an *open file description*: it excludes other
+``open()`` calls, in this process or any other, but not threads sharing the descriptor, nor a
+child that inherited it over ``fork()``. So the lock pairs the OS lock with a thread mutex, and
+a process that finds itself a fork child drops the inherited descriptor (without unlocking it:
+that would release the parent's lock) and opens its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from filelock import lock_descriptor, unlock_descriptor
+
+from ._errors import LedgerIOError, LockTimeout
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+# Backoff while polling for a lock under a timeout: short first, so a lock held for the few
+# microseconds of an append is picked up at once, growing so a long wait does not spin.
+_FIRST_POLL = 50e-6
+_LAST_POLL = 5e-3
+
+_live: weakref.WeakSet[SidecarLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_live):
+        lock._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # every POSIX Python; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SidecarLock:
+    """An exclusive lock on one lock file, for threads and processes alike.
+
+    :param path: the lock file; created on first use.
+    :param make_parent: called when the lock file's directory is missing, to create it.
+    :param clock: monotonic clock used for timeouts.
+    :param sleep: used between polls when a timeout is set.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        make_parent: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = path
+        self._make_parent = make_parent
+        self._clock = clock
+        self._sleep = sleep
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+        _live.add(self)
+
+    def _forget_parent(self) -> None:
+        # Runs in a fork child: the mutex may have been held by a thread that does not exist here,
+        # and the descriptor is the parent's open file description.
+        self._mutex = threading.Lock()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock; ``timeout`` in seconds, ``None`` to wait for ever, 0 to try once.
+
+        :raises LockTimeout: if the lock is still held by another when ``timeout`` expires.
+        :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
+        """
+        if timeout is None:
+            deadline = None
+            self._mutex.acquire()
+        else:
+            deadline = self._clock() + timeout
+            if not self._mutex.acquire(timeout=max(timeout, 0)):
+                raise LockTimeout(self.path, timeout)
+        try:
+            while True:
+                fd = self._fd if self._fd is not None else self._open()
+                if not self._try_lock(fd):
+                    self._wait(fd, deadline, timeout)
+                try:
+                    if os.fstat(fd).st_nlink:
+                        return
+                except OSError as error:
+                    self._close()
+                    raise LedgerIOError.wrap(self.path, "check the lock file", error) from error
+                # The lock file was removed or replaced since we opened it: holding the old one
+                # excludes nobody who opens the path now. Closing also releases it.
+                self._close()
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def release(self) -> None:
+        """Release the lock taken by :meth:`acquire`.
+
+        :raises LedgerIOError: if the OS refuses to unlock (the descriptor is then closed, which
+            releases it too).
+        """
+        fd = self._fd
+        try:
+            if fd is not None:
+                try:
+                    unlock_descriptor(fd)
+                except OSError as error:
+                    self._close()
+                    raise LedgerIOError.wrap(self.path, "unlock the lock file", error) from error
+        finally:
+            self._mutex.release()
+
+    @property
+    def mutex(self) -> threading.Lock:
+        """The thread mutex that :meth:`acquire` takes first; hold it to use state it guards."""
+        return self._mutex
+
+    def close(self) -> None:
+        """Close the lock file's descriptor (the mutex must be held); it is reopened on demand."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = self._open_path()
+            except FileNotFoundError:
+                self._make_parent()  # raises LedgerIOError naming the directory it could not make
+                try:
+                    self._fd = self._open_path()
+                except FileNotFoundError as error:
+                    raise LedgerIOError.wrap(self.path, "open the lock file", error) from error
+        return self._fd
+
+    def _open_path(self) -> int:
+        try:
+            return os.open(self.path, _OPEN_FLAGS, 0o666)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise LedgerIOError.wrap(self.path, "open the lock file", error) from error
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            return lock_descriptor(fd, blocking=False)
+        except OSError as error:
+            self._close()
+            raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
+
+    def _wait(self, fd: int, deadline: float | None, timeout: float | None) -> None:
+        if deadline is None and fcntl is not None:
+            # The primitive filelock uses on POSIX, blocking: the kernel wakes us the moment the
+            # holder releases, where polling would sleep for its interval.
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:
+                self._close()
+                raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
+            return
+        delay = _FIRST_POLL
+        while True:
+            if deadline is None:  # pragma: no cover - only without fcntl
+                self._sleep(delay)
+            else:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise LockTimeout(self.path, timeout or 0.0)
+                self._sleep(min(delay, remaining))
+            if self._try_lock(fd):
+                return
+            delay = min(delay * 2, _LAST_POLL)

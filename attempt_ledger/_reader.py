@@ -1,0 +1,179 @@
+"""Reading a ledger without a lock: the last valid seq from the tail, and lines from the front.
+
+Only complete lines count: the bytes after the last ``\\n`` are an append in flight or a torn
+write, never a record. Both readers hold at most one line plus one block: a piece of a long line
+that can no longer be a JSON object (a raw control byte, or the wrong bracket at its outer end)
+is dropped as soon as it is seen, so scanning a region of garbage costs no memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+from ._codec import decode_record, line_seq
+from ._errors import LedgerIOError
+from ._records import ReceiptRecord
+
+#: Bytes read per step when scanning back from the end of a ledger.
+TAIL_BLOCK = 8192
+
+#: Bytes read per step when reading a ledger from the front.
+READ_CHUNK = 1 << 20
+
+# JSON text holds no raw control byte but whitespace (and "\n" never occurs inside a line).
+_NOT_JSON = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_JSON_SPACE = b" \t\r"
+
+
+class _Pending:
+    """The pieces of one line gathered so far, from one end; dropped once they cannot be JSON.
+
+    ``edge`` is the bracket the line must show at the end it was entered from: ``}`` when
+    pieces arrive right to left, ``{`` when left to right.
+    """
+
+    __slots__ = ("edge", "edge_seen", "hopeless", "pieces")
+
+    def __init__(self, edge: int, *, hopeless: bool = False) -> None:
+        self.edge = edge
+        self.pieces: list[bytes] = []
+        self.edge_seen = False
+        self.hopeless = hopeless
+
+    def reset(self) -> None:
+        self.pieces = []
+        self.edge_seen = False
+        self.hopeless = False
+
+    def add(self, piece: bytes) -> None:
+        if self.hopeless or not piece:
+            return
+        if _NOT_JSON.search(piece):
+            self.hopeless = True
+        elif not self.edge_seen:
+            stripped = piece.strip(_JSON_SPACE)
+            if stripped:
+                self.edge_seen = True
+                at_edge = stripped[-1] if self.edge == 0x7D else stripped[0]
+                self.hopeless = at_edge != self.edge
+        if self.hopeless:
+            self.pieces = []
+        else:
+            self.pieces.append(piece)
+
+
+def scan_last_seq(
+    fd: int, end: int, block_size: int = TAIL_BLOCK, *, count_fragment: bool = False
+) -> int:
+    """Return the seq of the last valid line wholly inside ``[0, end)`` of ``fd``, or 0.
+
+    :param block_size: bytes read per step (a parameter so tests can hit block boundaries).
+    :param count_fragment: judge the bytes after the last ``\n`` as a line too, as they will be
+        once an append seals them.
+    :raises OSError: if reading fails.
+    """
+    pos = end
+    # The bytes after the last "\n" are an unterminated fragment: no line unless sealed.
+    pending = _Pending(0x7D, hopeless=not count_fragment)
+    while pos > 0:
+        start = max(0, pos - block_size)
+        chunk = os.pread(fd, pos - start, start)
+        if len(chunk) != pos - start:
+            # The file shrank under us (a writer rolled back a failed append): start over.
+            return scan_last_seq(
+                fd, os.fstat(fd).st_size, block_size, count_fragment=count_fragment
+            )
+        hi = len(chunk)
+        while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
+            if not pending.hopeless:
+                piece = chunk[newline + 1 : hi]
+                line = b"".join([piece, *reversed(pending.pieces)]) if pending.pieces else piece
+                seq = line_seq(line)
+                if seq is not None:
+                    return seq
+            pending.reset()
+            hi = newline
+        pending.add(chunk[:hi])
+        pos = start
+    if pending.pieces:
+        seq = line_seq(b"".join(reversed(pending.pieces)))
+        if seq is not None:
+            return seq
+    return 0
+
+
+def iter_lines(
+    fd: int, offset: int = 0, chunk_size: int = READ_CHUNK
+) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(line, end)`` for each complete line from ``offset`` on; ``end`` is past its ``\\n``.
+
+    Lines that cannot be JSON objects may be yielded as ``b""`` instead of their bytes; the
+    unterminated fragment at the end of the file is not yielded. Reads until end of file.
+
+    :raises OSError: if reading fails.
+    """
+    pending = _Pending(0x7B)
+    while chunk := os.pread(fd, chunk_size, offset):
+        low = 0
+        while (newline := chunk.find(b"\n", low)) >= 0:
+            piece = chunk[low:newline]
+            if pending.hopeless:
+                piece = b""
+            elif pending.pieces:
+                piece = b"".join([*pending.pieces, piece])
+            yield piece, offset + newline + 1
+            pending.reset()
+            low = newline + 1
+        pending.add(chunk[low:])
+        offset += len(chunk)
+
+
+def read_last_seq(path: str | os.PathLike[str], block_size: int = TAIL_BLOCK) -> int:
+    """Return the seq of the last valid line of the ledger at ``path``; 0 if it is missing or empty.
+
+    Reads backwards from the end in blocks, so its cost does not depend on the file's size when
+    its tail is valid.
+
+    :raises LedgerIOError: if the path exists but cannot be read (a directory, no permission).
+    """
+    fd = _open(path)
+    if fd is None:
+        return 0
+    try:
+        return scan_last_seq(fd, os.fstat(fd).st_size, block_size)
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "read the ledger", error) from error
+    finally:
+        os.close(fd)
+
+
+def iter_records(path: str | os.PathLike[str], since_seq: int = 0) -> Iterator[ReceiptRecord]:
+    """Yield the well-typed records of the ledger at ``path`` with ``seq > since_seq``, in order.
+
+    A missing file yields nothing. Streams: memory is bounded by the longest line.
+
+    :raises LedgerIOError: if the path exists but cannot be read.
+    """
+    fd = _open(path)
+    if fd is None:
+        return
+    try:
+        for line, _ in iter_lines(fd):
+            record = decode_record(line)
+            if record is not None and record.seq > since_seq:
+                yield record
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "read the ledger", error) from error
+    finally:
+        os.close(fd)
+
+
+def _open(path: str | os.PathLike[str]) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "open the ledger", error) from error
