@@ -224,7 +224,28 @@ def encode_record(record: ReceiptRecord) -> bytes:
     return batch.render(record.seq, record.ts_ms)
 
 
+_SPACE = b" \t\r"
+
+
+def could_open_object(prefix: bytes) -> bool:
+    """Return False when no line that starts with ``prefix`` can be a JSON object.
+
+    An object opens with ``{`` and then a key's ``"`` or the closing ``}``, whitespace allowed
+    around both; a prefix too short to tell returns True.
+    """
+    rest = prefix.lstrip(_SPACE)
+    if not rest:
+        return True
+    if rest[0] != 0x7B:
+        return False
+    rest = rest[1:].lstrip(_SPACE)
+    return not rest or rest[0] in b'"}'
+
+
 def _load(line: bytes) -> object:
+    # Cheap refusals first, so that scanning garbage does not decode it.
+    if not could_open_object(line[:64]) or not line.rstrip(_SPACE).endswith(b"}"):
+        return None
     try:
         return _decoder.decode(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

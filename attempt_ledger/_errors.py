@@ -17,11 +17,14 @@ class LedgerError(Exception):
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {self._describe()}")
+
+    def _describe(self) -> str:
+        return self.reason
 
     def __str__(self) -> str:
         # OSError-derived subclasses would otherwise render their errno fields, not the message.
-        return f"{self.path}: {self.reason}"
+        return str(self.args[0])
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.reason)
@@ -36,8 +39,10 @@ class InvalidEvent(LedgerError, ValueError):
 
     def __init__(self, path: str | os.PathLike[str], reason: str, index: int | None = None) -> None:
         self.index = index
-        super().__init__(path, reason if index is None else f"event {index}: {reason}")
-        self.reason = reason
+        super().__init__(path, reason)
+
+    def _describe(self) -> str:
+        return self.reason if self.index is None else f"event {self.index}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.reason, self.index)

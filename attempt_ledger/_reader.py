@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from ._codec import decode_record, line_seq
+from ._codec import could_open_object, decode_record, line_seq
 from ._errors import LedgerIOError
 from ._records import ReceiptRecord
 
@@ -30,14 +30,14 @@ _JSON_SPACE = b" \t\r"
 class _Pending:
     """The pieces of one line gathered so far, from one end; dropped once they cannot be JSON.
 
-    ``edge`` is the bracket the line must show at the end it was entered from: ``}`` when
-    pieces arrive right to left, ``{`` when left to right.
+    ``backward`` pieces arrive right to left (the line must close with ``}``), otherwise left to
+    right (it must open like an object).
     """
 
-    __slots__ = ("edge", "edge_seen", "hopeless", "pieces")
+    __slots__ = ("backward", "edge_seen", "hopeless", "pieces")
 
-    def __init__(self, edge: int, *, hopeless: bool = False) -> None:
-        self.edge = edge
+    def __init__(self, *, backward: bool, hopeless: bool = False) -> None:
+        self.backward = backward
         self.pieces: list[bytes] = []
         self.edge_seen = False
         self.hopeless = hopeless
@@ -52,16 +52,33 @@ class _Pending:
             return
         if _NOT_JSON.search(piece):
             self.hopeless = True
-        elif not self.edge_seen:
-            stripped = piece.strip(_JSON_SPACE)
-            if stripped:
-                self.edge_seen = True
-                at_edge = stripped[-1] if self.edge == 0x7D else stripped[0]
-                self.hopeless = at_edge != self.edge
+        elif not self.edge_seen and piece.strip(_JSON_SPACE):
+            self.edge_seen = True
+            if self.backward:
+                self.hopeless = not piece.rstrip(_JSON_SPACE).endswith(b"}")
+            else:
+                self.hopeless = not could_open_object(piece)
         if self.hopeless:
             self.pieces = []
         else:
             self.pieces.append(piece)
+
+    def take_line(self, first: bytes) -> bytes:
+        """Return the line whose leftmost piece is ``first`` (backward), and reset."""
+        pieces, hopeless = self.pieces, self.hopeless
+        self.reset()
+        if hopeless:
+            return b""
+        if not pieces:
+            return first
+        # Refuse a long line by its opening before joining it: joining doubles its memory.
+        if not could_open_object(first + pieces[-1][:64]):
+            return b""
+        pieces.append(first)
+        pieces.reverse()
+        line = b"".join(pieces)
+        del pieces[:]
+        return line
 
 
 def scan_last_seq(
@@ -76,7 +93,7 @@ def scan_last_seq(
     """
     pos = end
     # The bytes after the last "\n" are an unterminated fragment: no line unless sealed.
-    pending = _Pending(0x7D, hopeless=not count_fragment)
+    pending = _Pending(backward=True, hopeless=not count_fragment)
     while pos > 0:
         start = max(0, pos - block_size)
         chunk = os.pread(fd, pos - start, start)
@@ -87,20 +104,14 @@ def scan_last_seq(
             )
         hi = len(chunk)
         while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
-            if not pending.hopeless:
-                piece = chunk[newline + 1 : hi]
-                line = b"".join([piece, *reversed(pending.pieces)]) if pending.pieces else piece
-                seq = line_seq(line)
-                if seq is not None:
-                    return seq
-            pending.reset()
+            seq = line_seq(pending.take_line(chunk[newline + 1 : hi]))
+            if seq is not None:
+                return seq
             hi = newline
         pending.add(chunk[:hi])
         pos = start
-    if pending.pieces:
-        seq = line_seq(b"".join(reversed(pending.pieces)))
-        if seq is not None:
-            return seq
+    if pending.pieces:  # the first line of the file
+        return line_seq(pending.take_line(b"")) or 0
     return 0
 
 
@@ -114,7 +125,7 @@ def iter_lines(
 
     :raises OSError: if reading fails.
     """
-    pending = _Pending(0x7B)
+    pending = _Pending(backward=False)
     while chunk := os.pread(fd, chunk_size, offset):
         low = 0
         while (newline := chunk.find(b"\n", low)) >= 0:

@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 from ._records import ReconcileSummary
 
+# Sleeps of a float interval do not add up to the float deadline exactly; a nanosecond short
+# of it is there.
+_EPSILON = 1e-9
+
 
 def reconcile(
     read_seq: Callable[[], int],
@@ -36,7 +40,7 @@ def reconcile(
         last_seq = read_seq()
         now = clock()
         found = last_seq >= target
-        if found or now >= deadline:
-            elapsed_ms = int((now - start) * 1000)
-            return ReconcileSummary(found, last_seq, elapsed_ms, attempts)
-        sleep(min(poll, deadline - now))
+        remaining = deadline - now
+        if found or remaining <= _EPSILON:
+            return ReconcileSummary(found, last_seq, round((now - start) * 1000), attempts)
+        sleep(min(poll, remaining))

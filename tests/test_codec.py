@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import json
+import math
+import sys
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attempt_ledger import RECEIPT_SCHEMA_VERSION, ReceiptRecord, encode_record
+from attempt_ledger._codec import (
+    RUST_WHITESPACE,
+    _payload_encoder,
+    decode_record,
+    encode_payload,
+    encode_tail,
+    line_seq,
+    rust_trim,
+)
+from attempt_ledger._records import converter
+
+from .strategies import U64_MAX, payloads, records
+
+FIELDS = [
+    "version",
+    "run_id",
+    "node_id",
+    "attempt",
+    "session_id",
+    "seq",
+    "ts_ms",
+    "event_type",
+    "payload",
+]
+
+
+def _sorted_everywhere(value: object) -> bool:
+    if isinstance(value, dict):
+        keys = list(value)
+        return keys == sorted(keys) and all(_sorted_everywhere(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_sorted_everywhere(v) for v in value)
+    return True
+
+
+@given(records)
+def test_record_line_round_trips(record: ReceiptRecord) -> None:
+    line = encode_record(record)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert decode_record(line[:-1]) == record
+    assert line_seq(line[:-1]) == record.seq
+
+
+@given(records)
+def test_line_format_is_compact_ordered_and_unescaped(record: ReceiptRecord) -> None:
+    line = encode_record(record)
+    text = line.decode("utf-8")
+    obj = json.loads(text)
+    assert list(obj) == FIELDS
+    assert _sorted_everywhere(obj["payload"])
+    # Compact separators and raw non-ASCII: exactly what json.dumps gives with those options.
+    expected = (
+        json.dumps({k: obj[k] for k in FIELDS[:-1]}, separators=(",", ":"), ensure_ascii=False)[:-1]
+        + ',"payload":'
+        + json.dumps(obj["payload"], separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        + "}\n"
+    )
+    assert text == expected
+
+
+def test_converter_unstructures_in_field_order() -> None:
+    record = ReceiptRecord(1, "r", "n", 2, "s", 3, 4, "e", {"b": 1, "a": 2})
+    assert list(converter.unstructure(record)) == FIELDS
+
+
+@given(payloads)
+def test_fast_payload_encoder_matches_stdlib(payload: object) -> None:
+    assert encode_payload(payload) == _payload_encoder.encode(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        math.nan,
+        {"x": math.inf},
+        [-math.inf],
+        {1: "a"},
+        {"a": {None: 1}},
+        {"a": object()},
+        {1, 2},
+        b"bytes",
+    ],
+)
+def test_payloads_that_are_not_json_are_rejected(payload: object) -> None:
+    with pytest.raises(ValueError, match="payload"):
+        encode_payload(payload)
+
+
+def test_circular_and_deep_payloads_are_rejected() -> None:
+    circular: list[object] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="nested"):
+        encode_payload(circular)
+    deep: object = 1
+    for _ in range(sys.getrecursionlimit() * 2):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested"):
+        encode_payload(deep)
+
+
+def test_lone_surrogates_are_rejected() -> None:
+    with pytest.raises(ValueError, match="UTF-8"):
+        encode_tail("\ud800", None)
+    with pytest.raises(ValueError, match="UTF-8"):
+        encode_tail("e", {"k": "\udfff"})
+
+
+def test_rust_whitespace_is_the_unicode_white_space_property() -> None:
+    # White_Space per the Unicode PropList; Python's str.isspace() adds U+001C..U+001F.
+    white_space = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()} - set(
+        "\x1c\x1d\x1e\x1f"
+    )
+    assert set(RUST_WHITESPACE) == white_space
+    assert unicodedata.category("\x1c") == "Cc"
+
+
+@given(st.text(st.sampled_from(list(RUST_WHITESPACE) + ["\x1c", "\x1f", "a", "é"])))
+def test_rust_trim_matches_the_definition(raw: str) -> None:
+    trimmed = rust_trim(raw)
+    assert not trimmed or (trimmed[0] not in RUST_WHITESPACE and trimmed[-1] not in RUST_WHITESPACE)
+    assert trimmed in raw
+    start = raw.index(trimmed) if trimmed else len(raw)
+    assert all(ch in RUST_WHITESPACE for ch in raw[:start])
+
+
+def test_rust_trim_keeps_information_separators() -> None:
+    assert rust_trim("\x1c start \x1f") == "\x1c start \x1f"
+    assert rust_trim("\u3000\x85 start \u2029") == "start"
+
+
+@pytest.mark.parametrize(
+    ("line", "seq"),
+    [
+        (b'{"seq":5}', 5),
+        (b' {"seq":0} \r', 0),
+        (b'{"seq":18446744073709551615}', U64_MAX),
+        (b'{"seq":18446744073709551616}', None),
+        (b'{"seq":-1}', None),
+        (b'{"seq":"5"}', None),
+        (b'{"seq":5.0}', None),
+        (b'{"seq":true}', None),
+        (b'{"seq":5,"x":NaN}', None),
+        (b'{"seq":5,"x":Infinity}', None),
+        (b"[5]", None),
+        (b"", None),
+        (b'{"seq":5}\x00', None),
+        (b'{"s\\u0065q":5}', 5),
+        (b'\xef\xbb\xbf{"seq":5}', None),
+        (b'{"seq":5,"t":"\xff"}', None),
+        (b'{"seq":5} {"seq":6}', None),
+    ],
+)
+def test_line_seq(line: bytes, seq: int | None) -> None:
+    assert line_seq(line) == seq
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seq": "1"},
+        {"seq": 1.0},
+        {"attempt": True},
+        {"attempt": 2**32},
+        {"ts_ms": -1},
+        {"run_id": 5},
+        {"event_type": None},
+        {"version": "1"},
+    ],
+)
+def test_decode_record_never_coerces(change: dict[str, object]) -> None:
+    good = {k: v for k, v in zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None])}
+    assert decode_record(json.dumps(good).encode()) is not None
+    assert decode_record(json.dumps({**good, **change}).encode()) is None
+
+
+def test_decode_record_needs_every_field_and_ignores_extra_keys() -> None:
+    good = dict(zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None]))
+    assert decode_record(json.dumps({**good, "extra": [1]}).encode()) == ReceiptRecord(
+        1, "r", "n", 1, "s", 1, 1, "e", None
+    )
+    for field in FIELDS:
+        partial = {k: v for k, v in good.items() if k != field}
+        assert decode_record(json.dumps(partial).encode()) is None
+
+
+def test_encode_record_refuses_what_the_ledger_would_not_write() -> None:
+    with pytest.raises(ValueError, match="version"):
+        encode_record(ReceiptRecord(RECEIPT_SCHEMA_VERSION + 1, "r", "n", 1, "s", 1, 1, "e", None))
+    with pytest.raises(ValueError, match="seq"):
+        encode_record(ReceiptRecord(1, "r", "n", 1, "s", -1, 1, "e", None))
+    with pytest.raises(ValueError, match="attempt"):
+        encode_record(ReceiptRecord(1, "r", "n", True, "s", 1, 1, "e", None))

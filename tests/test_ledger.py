@@ -1,0 +1,464 @@
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+import attempt_ledger._ledger as ledger_module
+from attempt_ledger import (
+    AttemptLedger,
+    InvalidEvent,
+    LedgerIOError,
+    LockTimeout,
+    ReceiptEvent,
+    SeqExhausted,
+    append_receipts,
+    read_last_seq,
+    read_receipt_records,
+    receipts_path,
+)
+
+from .strategies import seq_line
+
+EV = [ReceiptEvent("attempt_summary", {"ok": True})]
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def seqs(path: Path) -> list[int]:
+    return [r.seq for r in read_receipt_records(path)]
+
+
+# -- the seed's tests ---------------------------------------------------------------------------
+
+
+def test_seed_appends_and_increments_seq(root: Path) -> None:
+    first = append_receipts(root, "automation-v2-run-123", "research_sources", 1, "session-123", EV)
+    assert (first.record_count, first.seq) == (1, 1)
+    with first.path.open("ab") as f:
+        f.write(b"not-json\n")
+    second = append_receipts(
+        root,
+        "automation-v2-run-123",
+        "research_sources",
+        2,
+        "session-123",
+        [ReceiptEvent("validation_summary", {"status": "completed"})],
+    )
+    assert (second.record_count, second.seq) == (1, 2)
+
+
+def test_seed_serializes_concurrent_appends(root: Path) -> None:
+    barrier = threading.Barrier(3)
+    results = []
+
+    def worker(event_type: str) -> None:
+        barrier.wait(timeout=10)
+        results.append(
+            append_receipts(
+                root,
+                "automation-v2-run-321",
+                "notify_user",
+                1,
+                "session-321",
+                [ReceiptEvent(event_type, {"status": "x"})],
+            )
+        )
+
+    threads = [
+        threading.Thread(target=worker, args=(name,))
+        for name in ("attempt_summary", "validation_summary")
+    ]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert sorted(r.record_count for r in results) == [1, 1]
+    records = read_receipt_records(receipts_path(root, "automation-v2-run-321", "notify_user"))
+    assert sorted(r.seq for r in records) == [1, 2]
+    assert sorted(r.event_type for r in records) == ["attempt_summary", "validation_summary"]
+
+
+def test_seed_read_records_returns_timeline_entries(root: Path) -> None:
+    summary = append_receipts(
+        root,
+        "automation-v2-run-456",
+        "generate_report",
+        3,
+        "session-2",
+        [
+            ReceiptEvent(
+                "attempt_summary", {"receipt_kind": "attempt_summary", "status": "blocked"}
+            ),
+            ReceiptEvent("validation_summary", {"validator_summary": {"outcome": "blocked"}}),
+        ],
+    )
+    assert summary.record_count == 2
+    records = read_receipt_records(summary.path)
+    assert [(r.seq, r.event_type, r.attempt, r.session_id) for r in records] == [
+        (1, "attempt_summary", 3, "session-2"),
+        (2, "validation_summary", 3, "session-2"),
+    ]
+
+
+# -- append semantics ---------------------------------------------------------------------------
+
+
+def test_ids_are_stored_raw_and_event_type_trimmed(root: Path) -> None:
+    ledger = AttemptLedger(root, "run/1 é", "node:a")
+    ledger.append(7, "sess\n1", [ReceiptEvent("\u3000 start \x1c\u2029", [1])])
+    (record,) = ledger.records()
+    assert (record.run_id, record.node_id, record.session_id) == ("run/1 é", "node:a", "sess\n1")
+    assert record.event_type == "start \x1c"
+    assert ledger.path == root / "run-1" / "node-a.jsonl"
+    assert "é".encode() in ledger.path.read_bytes()
+
+
+def test_torn_fragment_is_sealed_not_swallowed(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with ledger.path.open("ab") as f:
+        f.write(b'{"version":1,"run_id":"r","se')  # a crash mid-line
+    summary = ledger.append(1, "s", EV)
+    assert summary.seq == 2
+    assert lines(ledger.path)[1] == b'{"version":1,"run_id":"r","se\n'
+    assert seqs(ledger.path) == [1, 2]
+
+
+def test_record_that_lost_only_its_newline_counts_once(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 2)
+    data = ledger.path.read_bytes()
+    ledger.path.write_bytes(data[:-1])  # seq 2 lost its final "\n"
+    assert ledger.last_seq() == 1  # unterminated: not yet a record
+    assert ledger.append(1, "s", EV).seq == 3
+    assert seqs(ledger.path) == [1, 2, 3]
+
+
+def test_invalid_utf8_does_not_restart_seq(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 3)
+    with ledger.path.open("ab") as f:
+        f.write(b"\xff\xfe\xfd\n")
+    assert ledger.append(1, "s", EV).seq == 4
+
+
+def test_seq_follows_the_last_valid_line_not_the_largest(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(seq_line(10) + seq_line(4) + b"junk\n")
+    assert ledger.append(1, "s", EV).seq == 5
+
+
+def test_empty_batch_creates_nothing(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    summary = ledger.append(1, "s", [])
+    assert (summary.path, summary.seq, summary.record_count) == (ledger.path, 0, 0)
+    assert not root.exists()
+    ledger.append(1, "s", EV)
+    assert ledger.append(1, "s", iter([])).seq == 1
+
+
+def test_events_may_be_any_iterable(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    assert ledger.append(1, "s", (e for e in EV * 3)).seq == 3
+
+
+def test_seq_exhausted_writes_nothing(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(seq_line(2**64 - 2))
+    before = ledger.path.read_bytes()
+    with pytest.raises(SeqExhausted) as info:
+        ledger.append(1, "s", EV * 2)
+    assert (info.value.last_seq, info.value.count, info.value.path) == (2**64 - 2, 2, ledger.path)
+    assert isinstance(info.value, OverflowError)
+    assert ledger.path.read_bytes() == before
+    assert ledger.append(1, "s", EV).seq == 2**64 - 1
+    before = ledger.path.read_bytes()
+    with pytest.raises(SeqExhausted):
+        ledger.append(1, "s", EV)
+    assert ledger.path.read_bytes() == before
+
+
+def test_seq_exhausted_leaves_a_torn_fragment_unsealed(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(b'{"seq":18446744073709551615}')
+    with pytest.raises(SeqExhausted):
+        ledger.append(1, "s", EV)
+    assert ledger.path.read_bytes() == b'{"seq":18446744073709551615}'
+
+
+class Weird:
+    pass
+
+
+BAD_APPENDS = [
+    pytest.param({"attempt": True}, id="bool-attempt"),
+    pytest.param({"attempt": -1}, id="negative-attempt"),
+    pytest.param({"attempt": 2**32}, id="attempt-too-big"),
+    pytest.param({"attempt": 1.0}, id="float-attempt"),
+    pytest.param({"attempt": "1"}, id="str-attempt"),
+    pytest.param({"session_id": 5}, id="int-session"),
+    pytest.param({"session_id": "\ud800"}, id="surrogate-session"),
+    pytest.param({"events": [ReceiptEvent(5)]}, id="int-event-type"),  # type: ignore[arg-type]
+    pytest.param({"events": [*EV, ReceiptEvent("e", float("nan"))]}, id="nan-second"),
+    pytest.param({"events": [ReceiptEvent("e", {1: 2})]}, id="int-key"),
+    pytest.param({"events": [ReceiptEvent("e", Weird())]}, id="object-payload"),
+    pytest.param({"events": [ReceiptEvent("e", b"x")]}, id="bytes-payload"),
+    pytest.param({"events": [{"event_type": "e"}]}, id="dict-event"),
+    pytest.param({"events": ["e"]}, id="str-event"),
+]
+
+
+@pytest.mark.parametrize("change", BAD_APPENDS)
+def test_bad_input_is_rejected_and_leaves_the_file_byte_identical(
+    root: Path, change: dict[str, object]
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with ledger.path.open("ab") as f:
+        f.write(b"torn")
+    before = ledger.path.read_bytes()
+    args = {"attempt": 1, "session_id": "s", "events": EV, **change}
+    with pytest.raises(InvalidEvent) as info:
+        ledger.append(**args)  # type: ignore[arg-type]
+    assert info.value.path == ledger.path
+    assert isinstance(info.value, ValueError)
+    assert ledger.path.read_bytes() == before
+    assert sorted(p.name for p in ledger.path.parent.iterdir()) == ["n.jsonl", "n.jsonl.lock"]
+
+
+def test_invalid_event_names_its_index(root: Path) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        AttemptLedger(root, "r", "n").append(1, "s", [*EV, *EV, ReceiptEvent("e", {1: 1})])
+    assert info.value.index == 2
+    assert "event 2" in str(info.value)
+    assert not root.exists()
+
+
+def test_non_str_ids_are_rejected(root: Path) -> None:
+    with pytest.raises(InvalidEvent):
+        append_receipts(root, 5, "n", 1, "s", EV)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        AttemptLedger(root, "r", None)  # type: ignore[arg-type]
+    assert not root.exists()
+
+
+# -- locking options ----------------------------------------------------------------------------
+
+
+def test_filelock_on_the_lock_path_excludes_appends(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n", lock_timeout=0)
+    ledger.append(1, "s", EV)
+    with FileLock(ledger.lock_path):
+        with pytest.raises(LockTimeout) as info:
+            ledger.append(1, "s", EV)
+        assert info.value.path == ledger.lock_path
+        assert isinstance(info.value, TimeoutError)
+    assert ledger.append(1, "s", EV).seq == 2
+
+
+def test_lock_timeout_polls_on_the_injected_clock(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n", lock_timeout=1.0)
+    ledger.append(1, "s", EV)
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    ledger._lock._clock = lambda: now[0]
+    ledger._lock._sleep = sleep
+    with FileLock(ledger.lock_path), pytest.raises(LockTimeout):
+        ledger.append(1, "s", EV)
+    assert sum(sleeps) == pytest.approx(1.0)
+    assert sleeps[0] < 0.001  # first poll is short: an append holds the lock for microseconds
+    assert max(sleeps) <= 0.005
+
+
+def test_lock_timeout_must_not_be_negative(root: Path) -> None:
+    with pytest.raises(ValueError, match="lock_timeout"):
+        AttemptLedger(root, "r", "n", lock_timeout=-1)
+
+
+# -- files that change under the ledger ---------------------------------------------------------
+
+
+def test_deleted_ledger_is_recreated_not_written_into_the_void(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 2)
+    ledger.path.unlink()
+    assert ledger.append(1, "s", EV).seq == 1
+    assert seqs(ledger.path) == [1]
+
+
+def test_ledger_replaced_by_rename_is_followed(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    replacement = ledger.path.with_name("new")
+    replacement.write_bytes(seq_line(40))
+    os.replace(replacement, ledger.path)
+    assert ledger.append(1, "s", EV).seq == 41
+
+
+def test_foreign_append_is_seen(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with ledger.path.open("ab") as f:
+        f.write(seq_line(100))
+    assert ledger.append(1, "s", EV).seq == 101
+
+
+def test_removed_lock_file_is_recreated_and_locked(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n", lock_timeout=0)
+    ledger.append(1, "s", EV)
+    ledger.lock_path.unlink()
+    with FileLock(ledger.lock_path), pytest.raises(LockTimeout):
+        ledger.append(1, "s", EV)  # must contend on the new file, not the old inode
+    assert ledger.append(1, "s", EV).seq == 2
+
+
+def test_removed_run_directory_is_recreated(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    ledger.path.unlink()
+    ledger.lock_path.unlink()
+    ledger.path.parent.rmdir()
+    assert ledger.append(1, "s", EV).seq == 1
+
+
+# -- durability and failures --------------------------------------------------------------------
+
+
+def test_durable_mode_fsyncs_file_and_new_directories(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    assert synced == [str(ledger.path.parent), str(root), str(ledger.path)]
+    synced.clear()
+    ledger.append(1, "s", EV * 3)
+    assert synced == [str(ledger.path)]
+    synced.clear()
+    AttemptLedger(root, "r", "other", durable=True).append(1, "s", EV)
+    assert synced == [str(ledger.path.parent), str(ledger.path.with_name("other.jsonl"))]
+
+
+def test_default_mode_never_fsyncs(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(ledger_module.os, "fsync", calls.append)
+    AttemptLedger(root, "r", "n").append(1, "s", EV * 2)
+    assert calls == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_failed_write_is_rolled_back(
+    root: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with ledger.path.open("ab") as f:
+        f.write(b"torn")
+    before = ledger.path.read_bytes()
+    real_write = os.write
+    calls = [0]
+
+    def short_then_fail(fd: int, data: bytes) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            return real_write(fd, bytes(data[:7]))  # a short write...
+        raise OSError(code, os.strerror(code))  # ...and then the disk is full
+
+    monkeypatch.setattr(ledger_module.os, "write", short_then_fail)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV * 3)
+    monkeypatch.undo()
+    assert info.value.errno == code
+    assert info.value.path == ledger.path
+    assert isinstance(info.value.__cause__, OSError)
+    assert ledger.path.read_bytes() == before
+    # The lock was released and the cache forgotten: another ledger object appends at once.
+    assert AttemptLedger(root, "r", "n", lock_timeout=0).append(1, "s", EV).seq == 2
+    assert ledger.append(1, "s", EV).seq == 3
+
+
+def test_failed_fsync_is_rolled_back(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    before = ledger.path.read_bytes()
+
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fail)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV)
+    assert info.value.errno == errno.EIO
+    assert ledger.path.read_bytes() == before
+
+
+# -- reading and the object itself --------------------------------------------------------------
+
+
+def test_records_and_iter_records(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    assert ledger.records() == []
+    assert ledger.last_seq() == 0
+    ledger.append(1, "s", [ReceiptEvent(f"e{i}") for i in range(5)])
+    with ledger.path.open("ab") as f:
+        f.write(b'{"seq":99}\n')  # a valid line for seq, but not a record
+    assert [r.event_type for r in ledger.records()] == [f"e{i}" for i in range(5)]
+    assert [r.seq for r in ledger.iter_records(since_seq=3)] == [4, 5]
+    assert ledger.last_seq() == 99
+
+
+def test_pickled_ledger_is_a_fresh_equivalent(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n", lock_timeout=2.5, durable=True)
+    ledger.append(1, "s", EV)
+    clone = pickle.loads(pickle.dumps(ledger))
+    assert (clone.path, clone.lock_timeout, clone.durable) == (ledger.path, 2.5, True)
+    assert clone.append(1, "s", EV).seq == 2
+
+
+def test_close_releases_descriptors_and_ledger_stays_usable(root: Path) -> None:
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with AttemptLedger(root, "r", "n") as ledger:
+        ledger.append(1, "s", EV)
+        assert len(os.listdir("/proc/self/fd")) == fds_before + 2
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert ledger.append(1, "s", EV).seq == 2
+    ledger.close()
+
+
+def test_file_format_of_an_append(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module.time, "time_ns", lambda: 1_700_000_000_123_456_789)
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(2, "sess", [ReceiptEvent("done", {"b": [1, {"d": 1, "c": 2}], "a": "é"})])
+    assert ledger.path.read_bytes() == (
+        b'{"version":1,"run_id":"run","node_id":"node","attempt":2,"session_id":"sess",'
+        b'"seq":1,"ts_ms":1700000000123,"event_type":"done",'
+        b'"payload":{"a":"\xc3\xa9","b":[1,{"c":2,"d":1}]}}\n'
+    )
+    assert json.loads(ledger.path.read_bytes())["seq"] == 1
+    assert read_last_seq(ledger.path) == 1

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attempt_ledger._codec import line_seq
+from attempt_ledger._reader import iter_lines, read_last_seq, scan_last_seq
+
+from .strategies import file_contents, seq_line
+
+block_sizes = st.one_of(st.integers(min_value=1, max_value=70), st.sampled_from([4096, 8192]))
+
+
+def naive_last_seq(data: bytes, *, count_fragment: bool = False) -> int:
+    lines = data.split(b"\n")
+    complete = lines if count_fragment else lines[:-1]
+    for line in reversed(complete):
+        seq = line_seq(line)
+        if seq is not None:
+            return seq
+    return 0
+
+
+def _fd_of(tmp_path: Path, data: bytes) -> int:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+@given(data=file_contents, block_size=block_sizes, count_fragment=st.booleans())
+def test_tail_reader_equals_naive_scan(
+    tmp_path: Path, data: bytes, block_size: int, count_fragment: bool
+) -> None:
+    fd = _fd_of(tmp_path, data)
+    try:
+        got = scan_last_seq(fd, len(data), block_size, count_fragment=count_fragment)
+    finally:
+        os.close(fd)
+    assert got == naive_last_seq(data, count_fragment=count_fragment)
+
+
+@given(data=file_contents, chunk_size=block_sizes)
+def test_forward_reader_equals_split(tmp_path: Path, data: bytes, chunk_size: int) -> None:
+    fd = _fd_of(tmp_path, data)
+    try:
+        got = list(iter_lines(fd, 0, chunk_size))
+    finally:
+        os.close(fd)
+    complete = data.split(b"\n")[:-1]
+    assert [line_seq(line) for line, _ in got] == [line_seq(line) for line in complete]
+    ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    assert [end for _, end in got] == ends
+    # A line is only ever shortened to b"" when it could not have been a JSON object.
+    for (line, _), original in zip(got, complete):
+        assert line in (original, b"")
+
+
+def test_missing_and_empty_files_have_seq_zero(tmp_path: Path) -> None:
+    assert read_last_seq(tmp_path / "missing.jsonl") == 0
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert read_last_seq(tmp_path / "empty.jsonl") == 0
+
+
+def test_invalid_utf8_does_not_reset_seq(tmp_path: Path) -> None:
+    # The seed reads the whole file as UTF-8 and returns 0 when one byte is bad.
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(seq_line(1) + seq_line(2) + b"\xff\xfe bad\n")
+    assert read_last_seq(path) == 2
+
+
+def test_unterminated_fragment_does_not_count(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(seq_line(1) + b'{"seq":2}')
+    assert read_last_seq(path) == 1
+
+
+def test_scanning_back_over_garbage_holds_little_memory(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    garbage_line = b"x" * (16 << 20) + b"}\n"  # one 16 MiB line that ends like an object
+    nul_run = b"\0" * (16 << 20) + b"\n"  # what a crash can leave behind
+    with path.open("wb") as f:
+        f.write(seq_line(41) + b"{" + garbage_line + nul_run + b"}" * (4 << 20) + b"\n")
+    tracemalloc.start()
+    try:
+        assert read_last_seq(path) == 41
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The x-line ends in "}" and holds no control byte, so its pieces are kept until its start
+    # shows "{x", which no object opens with: one line, never joined. The NUL run is dropped
+    # piece by piece, the brace run when its start shows.
+    assert peak < (16 << 20) + (1 << 20)
+
+
+def test_forward_reader_drops_lines_that_cannot_be_json(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with path.open("wb") as f:
+        f.write(b"x" * (8 << 20) + b"\n" + b"\0" * (8 << 20) + b"\n" + seq_line(3))
+    fd = os.open(path, os.O_RDONLY)
+    tracemalloc.start()
+    try:
+        lines = [line for line, _ in iter_lines(fd, 0, 1 << 16)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert lines == [b"", b"", b'{"seq": 3}']
+    assert peak < 1 << 20
+
+
+def test_read_last_seq_of_a_directory_names_the_path(tmp_path: Path) -> None:
+    from attempt_ledger import LedgerIOError
+
+    with pytest.raises(LedgerIOError) as info:
+        read_last_seq(tmp_path)
+    assert info.value.path == tmp_path
+    assert str(tmp_path) in str(info.value)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attempt_ledger import AttemptLedger, ReceiptEvent, reconcile_receipts, receipts_path
+from attempt_ledger._reconcile import reconcile
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the code under test sleeps."""
+
+    def __init__(self, on_sleep: object = None) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if callable(self.on_sleep):
+            self.on_sleep()
+
+
+def test_seed_reconcile_waits_for_delayed_append(root: Path) -> None:
+    ledger = AttemptLedger(root, "automation-v2-run-456", "generate_report")
+    # The append happens while reconcile waits, after its first read saw nothing.
+    clock = FakeClock(lambda: ledger.append(1, "session-456", [ReceiptEvent("attempt_summary")]))
+    summary = ledger.reconcile(1, 500, 20, clock=clock, sleep=clock.sleep)
+    assert summary.found
+    assert summary.last_seq >= 1
+    assert summary.attempts == 2
+    assert summary.elapsed_ms == 20
+
+
+def test_seed_reconcile_times_out_when_missing(root: Path) -> None:
+    path = receipts_path(root, "automation-v2-run-789", "research_sources")
+    clock = FakeClock()
+    summary = reconcile(lambda: 0, 1, 120, 30, clock=clock, sleep=clock.sleep)
+    assert not summary.found
+    assert summary.last_seq == 0
+    assert summary.attempts == 5  # reads at 0, 30, 60, 90, 120 ms
+    assert clock.sleeps == pytest.approx([0.03] * 4)
+    assert summary.elapsed_ms == 120
+    real = reconcile_receipts(path, 1, 0, 30)
+    assert (real.found, real.last_seq, real.attempts) == (False, 0, 1)
+
+
+def test_seed_reconcile_ignores_malformed_jsonl(root: Path) -> None:
+    ledger = AttemptLedger(root, "automation-v2-run-999", "notify_user")
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(b"not-json\n")
+    clock = FakeClock(lambda: ledger.append(1, "session-999", [ReceiptEvent("validation")]))
+    summary = ledger.reconcile(1, 500, 25, clock=clock, sleep=clock.sleep)
+    assert summary.found
+    assert summary.last_seq == 1
+
+
+def test_zero_min_seq_means_one_and_poll_is_at_least_one_ms() -> None:
+    clock = FakeClock()
+    summary = reconcile(lambda: 0, 0, 5, 0, clock=clock, sleep=clock.sleep)
+    assert not summary.found
+    assert clock.sleeps == pytest.approx([0.001] * 5)
+    assert reconcile(lambda: 1, 0, 5, 0, clock=clock, sleep=clock.sleep).found
+
+
+def test_last_sleep_is_cut_to_the_deadline() -> None:
+    clock = FakeClock()
+    summary = reconcile(lambda: 3, 4, 50, 20, clock=clock, sleep=clock.sleep)
+    assert clock.sleeps == pytest.approx([0.02, 0.02, 0.01])
+    assert (summary.found, summary.last_seq, summary.attempts) == (False, 3, 4)
+
+
+def test_found_on_first_read_never_sleeps() -> None:
+    clock = FakeClock()
+    summary = reconcile(lambda: 9, 5, 1000, 10, clock=clock, sleep=clock.sleep)
+    assert (summary.found, summary.last_seq, summary.attempts, summary.elapsed_ms) == (
+        True,
+        9,
+        1,
+        0,
+    )
+    assert clock.sleeps == []
+
+
+def test_reconcile_receipts_reads_the_file(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", [ReceiptEvent("e")] * 3)
+    summary = reconcile_receipts(ledger.path, 3, 0, 1)
+    assert (summary.found, summary.last_seq, summary.attempts) == (True, 3, 1)
