@@ -127,7 +127,7 @@ def test_rust_whitespace_is_the_unicode_white_space_property() -> None:
     assert unicodedata.category("\x1c") == "Cc"
 
 
-@given(st.text(st.sampled_from(list(RUST_WHITESPACE) + ["\x1c", "\x1f", "a", "é"])))
+@given(st.text(st.sampled_from([*RUST_WHITESPACE, "\x1c", "\x1f", "a", "é"])))
 def test_rust_trim_matches_the_definition(raw: str) -> None:
     trimmed = rust_trim(raw)
     assert not trimmed or (trimmed[0] not in RUST_WHITESPACE and trimmed[-1] not in RUST_WHITESPACE)
@@ -181,13 +181,13 @@ def test_line_seq(line: bytes, seq: int | None) -> None:
     ],
 )
 def test_decode_record_never_coerces(change: dict[str, object]) -> None:
-    good = {k: v for k, v in zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None])}
+    good = dict(zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None], strict=True))
     assert decode_record(json.dumps(good).encode()) is not None
     assert decode_record(json.dumps({**good, **change}).encode()) is None
 
 
 def test_decode_record_needs_every_field_and_ignores_extra_keys() -> None:
-    good = dict(zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None]))
+    good = dict(zip(FIELDS, [1, "r", "n", 1, "s", 1, 1, "e", None], strict=True))
     assert decode_record(json.dumps({**good, "extra": [1]}).encode()) == ReceiptRecord(
         1, "r", "n", 1, "s", 1, 1, "e", None
     )

@@ -56,7 +56,7 @@ def test_forward_reader_equals_split(tmp_path: Path, data: bytes, chunk_size: in
     ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
     assert [end for _, end in got] == ends
     # A line is only ever shortened to b"" when it could not have been a JSON object.
-    for (line, _), original in zip(got, complete):
+    for (line, _), original in zip(got, complete, strict=True):
         assert line in (original, b"")
 
 

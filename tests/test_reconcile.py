@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from attempt_ledger import AttemptLedger, ReceiptEvent, reconcile_receipts, receipts_path
+from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path, reconcile_receipts
 from attempt_ledger._reconcile import reconcile
 
 
