@@ -54,3 +54,34 @@ def hold_filelock(
 
 def append_one(root: Path, done: Queue[int]) -> None:
     done.put(AttemptLedger(root, "run", "node").append(9, "late", [ReceiptEvent("late")]).seq)
+
+
+def append_and_acknowledge(
+    root: Path, worker: int, ack_path: Path, ready: Any, big_every: int = 0
+) -> None:
+    """Append in a tight loop until killed; after each append returns, record its seqs.
+
+    Each acknowledgement is one 8-byte ``os.write`` to an O_APPEND file, which a kill cannot
+    tear, so the parent reads back exactly the seqs that were acknowledged.
+    """
+    import os
+    import random
+
+    ledger = AttemptLedger(root, "run", "node")
+    ack = os.open(ack_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    rng = random.Random(worker)
+    ready.set()
+    i = 0
+    while True:
+        i += 1
+        size = rng.choice([1, 1, 1, 2, 5, 20])
+        payload: Any = {"w": worker, "i": i}
+        if big_every and i % big_every == 0:
+            payload = {"w": worker, "blob": "x" * rng.randint(1 << 20, 4 << 20)}
+        summary = ledger.append(1, f"w{worker}", [ReceiptEvent("tick", payload)] * size)
+        os.write(
+            ack,
+            b"".join(
+                s.to_bytes(8, "little") for s in range(summary.seq - size + 1, summary.seq + 1)
+            ),
+        )

@@ -1,0 +1,127 @@
+"""Writers killed with SIGKILL at random moments lose nothing they acknowledged."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import time
+from collections.abc import Iterator
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path
+from attempt_ledger._codec import line_seq
+
+from . import _workers
+
+JOIN = 60
+
+
+@pytest.fixture
+def children() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=JOIN)
+
+
+def read_acks(ack_path: Path) -> list[int]:
+    if not ack_path.exists():
+        return []
+    data = ack_path.read_bytes()
+    assert len(data) % 8 == 0
+    return [int.from_bytes(data[i : i + 8], "little") for i in range(0, len(data), 8)]
+
+
+def kill_rounds(
+    ctx: BaseContext,
+    children: list[Any],
+    root: Path,
+    *,
+    rounds: int,
+    writers: int,
+    max_pause: float,
+    big_every: int = 0,
+    seed: int = 0,
+) -> tuple[list[int], int]:
+    """Run rounds of writers, SIGKILL each at a random moment; return acks and kills."""
+    rng = random.Random(seed)
+    acknowledged: list[int] = []
+    kills = 0
+    for round_no in range(rounds):
+        procs = []
+        for w in range(writers):
+            ready = ctx.Event()
+            ack_path = root.parent / f"ack-{round_no}-{w}"
+            p = ctx.Process(  # type: ignore[attr-defined]
+                target=_workers.append_and_acknowledge,
+                args=(root, w + writers * round_no, ack_path, ready, big_every),
+            )
+            p.start()
+            children.append(p)
+            procs.append((p, ready, ack_path))
+        for p, ready, _ in procs:
+            assert ready.wait(timeout=JOIN)
+        for p, _, _ in rng.sample(procs, len(procs)):
+            time.sleep(rng.uniform(0, max_pause))  # the random moment of the kill, not a wait
+            os.kill(p.pid, 9)
+            kills += 1
+        for p, _, ack_path in procs:
+            p.join(timeout=JOIN)
+            assert p.exitcode == -9
+            acknowledged.extend(read_acks(ack_path))
+    return acknowledged, kills
+
+
+def check_after_kills(root: Path, acknowledged: list[int]) -> int:
+    path = receipts_path(root, "run", "node")
+    # Nobody holds the lock any more: an append that may not wait at all goes through.
+    summary = AttemptLedger(root, "run", "node", lock_timeout=0).append(
+        0, "after", [ReceiptEvent("after")]
+    )
+    data = path.read_bytes()
+    valid = [s for s in map(line_seq, data.split(b"\n")[:-1]) if s is not None]
+    assert valid == sorted(set(valid)), "valid seqs must strictly increase in file order"
+    assert summary.seq == valid[-1]
+    assert summary.seq == max(acknowledged, default=0) + 1 or summary.seq > max(
+        acknowledged, default=0
+    )
+    counts = dict.fromkeys(acknowledged, 0)
+    for s in valid:
+        if s in counts:
+            counts[s] += 1
+    assert all(n == 1 for n in counts.values()), "an acknowledged seq is missing or duplicated"
+    assert len(acknowledged) == len(set(acknowledged))
+    return len(valid)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_killed_writers_lose_nothing_acknowledged(
+    method: str, children: list[Any], tmp_path: Path
+) -> None:
+    root = tmp_path / "receipts"
+    ctx = multiprocessing.get_context(method)
+    acknowledged, kills = kill_rounds(
+        ctx, children, root, rounds=3, writers=3, max_pause=0.05, seed=hash(method) & 0xFFFF
+    )
+    assert kills == 9
+    assert acknowledged, "the writers never got to append"
+    check_after_kills(root, acknowledged)
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_killed_writers_many_rounds(method: str, children: list[Any], tmp_path: Path) -> None:
+    root = tmp_path / "receipts"
+    ctx = multiprocessing.get_context(method)
+    acknowledged, kills = kill_rounds(
+        ctx, children, root, rounds=40, writers=4, max_pause=0.1, seed=1
+    )
+    checked = check_after_kills(root, acknowledged)
+    print(f"\n{method}: {kills} kills, {len(acknowledged)} acknowledged, {checked} valid lines")
