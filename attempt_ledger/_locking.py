@@ -109,19 +109,17 @@ class SidecarLock:
             raise
 
     def release(self) -> None:
-        """Release the lock taken by :meth:`acquire`.
+        """Release the lock taken by :meth:`acquire`. Never raises.
 
-        :raises LedgerIOError: if the OS refuses to unlock (the descriptor is then closed, which
-            releases it too).
+        If the OS refuses to unlock, the descriptor is closed instead, which releases the lock
+        just as well; raising would report a failed append for records already written.
         """
-        fd = self._fd
         try:
-            if fd is not None:
+            if self._fd is not None:
                 try:
-                    unlock_descriptor(fd)
-                except OSError as error:
+                    unlock_descriptor(self._fd)
+                except OSError:
                     self._close()
-                    raise LedgerIOError.wrap(self.path, "unlock the lock file", error) from error
         finally:
             self._mutex.release()
 
