@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +60,11 @@ class _Handles:
             fd, self.fd = self.fd, None
             os.close(fd)
 
+    def __del__(self) -> None:
+        # A ledger dropped without close() must not leak its descriptor.
+        if self.fd is not None:
+            os.close(self.fd)
+
 
 @attrs.frozen(eq=False)
 class AttemptLedger:
@@ -95,7 +102,8 @@ class AttemptLedger:
         path = receipts_path(self.root, self.run_id, self.node_id)
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "lock_path", lock_path_for(path))
-        object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=self._make_dirs))
+        make_parent = functools.partial(_make_run_dir, self.root, path.parent, self._handles)
+        object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=make_parent))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Descriptors and mutexes do not travel; a spawned worker gets a fresh ledger.
@@ -222,23 +230,6 @@ class AttemptLedger:
                 raise LedgerIOError.wrap(self.path, "open the ledger", error) from error
         return handles.fd
 
-    def _make_dirs(self) -> None:
-        run_dir = self.path.parent
-        try:
-            try:
-                os.mkdir(run_dir)
-            except FileNotFoundError:
-                os.makedirs(self.root, exist_ok=True)
-                os.mkdir(run_dir)
-            self._handles.new_run_dir = True
-        except FileExistsError:
-            if not run_dir.is_dir():
-                raise LedgerIOError(
-                    run_dir, "cannot create the run directory: a file is in the way"
-                ) from None
-        except OSError as error:
-            raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
-
     # -- reading --------------------------------------------------------------------------------
 
     def last_seq(self) -> int:
@@ -283,6 +274,30 @@ class AttemptLedger:
         return reconcile(
             self.last_seq, expected_min_seq, max_wait_ms, poll_interval_ms, clock=clock, sleep=sleep
         )
+
+
+def _make_run_dir(root: Path, run_dir: Path, handles: _Handles) -> None:
+    # A plain function, not a method: the lock holds it, and a ledger -> lock -> ledger cycle
+    # would keep a dropped ledger's descriptors open until the cycle collector ran.
+    try:
+        try:
+            os.mkdir(run_dir)
+        except FileNotFoundError:
+            os.makedirs(root, exist_ok=True)
+            os.mkdir(run_dir)
+        handles.new_run_dir = True
+    except (FileExistsError, NotADirectoryError, FileNotFoundError) as error:
+        # Name the file that stands where a directory should be, not just the symptom.
+        for path in (run_dir, *run_dir.parents):
+            if path.exists() or path.is_symlink():
+                if path.is_dir():
+                    break
+                reason = f"is not a directory, so the run directory {run_dir} cannot be made"
+                raise LedgerIOError(path, reason, errno.ENOTDIR) from error
+        if not isinstance(error, FileExistsError):
+            raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
+    except OSError as error:
+        raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
 
 
 def _rebuild(

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 # Backoff while polling for a lock under a timeout: short first, so a lock held for the few
 # microseconds of an append is picked up at once, growing so a long wait does not spin.
@@ -123,6 +124,10 @@ class SidecarLock:
         finally:
             self._mutex.release()
 
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
     @property
     def mutex(self) -> threading.Lock:
         """The thread mutex that :meth:`acquire` takes first; hold it to use state it guards."""
@@ -141,18 +146,23 @@ class SidecarLock:
         if self._fd is None:
             try:
                 self._fd = self._open_path()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 self._make_parent()  # raises LedgerIOError naming the directory it could not make
                 try:
                     self._fd = self._open_path()
-                except FileNotFoundError as error:
+                except (FileNotFoundError, NotADirectoryError) as error:
                     raise LedgerIOError.wrap(self.path, "open the lock file", error) from error
         return self._fd
 
     def _open_path(self) -> int:
         try:
-            return os.open(self.path, _OPEN_FLAGS, 0o666)
-        except FileNotFoundError:
+            try:
+                return os.open(self.path, _OPEN_FLAGS, 0o666)
+            except PermissionError:
+                # A lock file another user created and we may not write: flock needs no write
+                # access, so lock it read-only, as everyone else does.
+                return os.open(self.path, _READ_ONLY_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
             raise
         except OSError as error:
             raise LedgerIOError.wrap(self.path, "open the lock file", error) from error

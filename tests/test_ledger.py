@@ -451,6 +451,14 @@ def test_close_releases_descriptors_and_ledger_stays_usable(root: Path) -> None:
     ledger.close()
 
 
+def test_dropped_ledgers_do_not_leak_descriptors(root: Path) -> None:
+    AttemptLedger(root, "r", "n").append(1, "s", EV)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(300):
+        AttemptLedger(root, "r", "n").append(1, "s", EV)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_file_format_of_an_append(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger_module.time, "time_ns", lambda: 1_700_000_000_123_456_789)
     ledger = AttemptLedger(root, "run", "node")
