@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing.synchronize
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -85,3 +86,38 @@ def append_and_acknowledge(
                 s.to_bytes(8, "little") for s in range(summary.seq - size + 1, summary.seq + 1)
             ),
         )
+
+
+def read_and_check(root: Path, violations: Path, ready: Any) -> None:
+    """Read the ledger in a loop; record any reading that breaks an invariant."""
+    from attempt_ledger import AttemptLedger
+
+    ledger = AttemptLedger(root, "run", "node")
+    ready.set()
+    last = 0
+    while True:
+        seqs = [r.seq for r in ledger.iter_records()]
+        now = ledger.last_seq()
+        problems = []
+        if any(b <= a for a, b in itertools.pairwise(seqs)):
+            problems.append("record seqs not strictly increasing")
+        if now < last:
+            problems.append(f"last_seq went back from {last} to {now}")
+        if problems:
+            with violations.open("a") as f:
+                f.write("; ".join(problems) + "\n")
+        last = now
+
+
+def reconcile_forever(root: Path, violations: Path, ready: Any) -> None:
+    """Wait for the next seq again and again; a found seq must never be lower than asked."""
+    from attempt_ledger import AttemptLedger
+
+    ledger = AttemptLedger(root, "run", "node")
+    ready.set()
+    while True:
+        target = ledger.last_seq() + 1
+        summary = ledger.reconcile(target, 2000, 1)
+        if summary.found and summary.last_seq < target:
+            with violations.open("a") as f:
+                f.write(f"reconcile found {summary.last_seq} for {target}\n")

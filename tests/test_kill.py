@@ -125,3 +125,57 @@ def test_killed_writers_many_rounds(method: str, children: list[Any], tmp_path: 
     )
     checked = check_after_kills(root, acknowledged)
     print(f"\n{method}: {kills} kills, {len(acknowledged)} acknowledged, {checked} valid lines")
+
+
+@pytest.mark.stress
+def test_soak_writers_readers_reconcilers_and_kills(children: list[Any], tmp_path: Path) -> None:
+    """8 processes for SOAK_SECONDS (default 60): 5 writers (some huge payloads), 2 readers and
+    a reconciler, killed and restarted at random; then every acknowledged seq is checked."""
+    duration = float(os.environ.get("SOAK_SECONDS", "60"))
+    root = tmp_path / "receipts"
+    violations = tmp_path / "violations"
+    rng = random.Random(7)
+    ctx = multiprocessing.get_context("spawn")
+    acks: list[Path] = []
+    slots: list[tuple[str, Any]] = []
+
+    def start(role: str) -> Any:
+        ready = ctx.Event()
+        if role == "writer":
+            ack_path = tmp_path / f"ack-{len(acks)}"
+            acks.append(ack_path)
+            target, args = _workers.append_and_acknowledge, (root, len(acks), ack_path, ready, 200)
+        elif role == "reader":
+            target, args = _workers.read_and_check, (root, violations, ready)
+        else:
+            target, args = _workers.reconcile_forever, (root, violations, ready)
+        process = ctx.Process(target=target, args=args)  # type: ignore[attr-defined]
+        process.start()
+        children.append(process)
+        assert ready.wait(timeout=JOIN)
+        return process
+
+    for role in ["writer"] * 5 + ["reader"] * 2 + ["reconciler"]:
+        slots.append((role, start(role)))
+    kills = 0
+    began = time.monotonic()
+    while time.monotonic() - began < duration:
+        time.sleep(rng.uniform(0, 0.5))  # the random moment of the next kill
+        index = rng.randrange(len(slots))
+        role, process = slots[index]
+        process.kill()
+        process.join(timeout=JOIN)
+        kills += 1
+        slots[index] = (role, start(role))
+    for _, process in slots:
+        process.kill()
+        process.join(timeout=JOIN)
+    elapsed = time.monotonic() - began
+    acknowledged = [seq for path in acks for seq in read_acks(path)]
+    checked = check_after_kills(root, acknowledged)
+    assert not violations.exists(), violations.read_text()
+    print(
+        f"\nsoak: {elapsed:.0f} s, {len(acknowledged) / elapsed:,.0f} acknowledged appends/s, "
+        f"{kills} kills, {checked:,} valid records checked, "
+        f"{receipts_path(root, 'run', 'node').stat().st_size >> 20} MiB ledger"
+    )
