@@ -1,0 +1,285 @@
+"""The ledgers the benchmark compares, behind one small interface.
+
+Only ``attempt_ledger`` itself is a correct, multiprocess-safe ledger. ``Floor`` is a lower
+bound (it keeps seq in memory, so it is exact only in one process); ``Seed`` is the seed's
+algorithm (an in-process lock, the whole file read on every append); the others are what a user
+might reach for instead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from filelock import FileLock
+
+from attempt_ledger import AttemptLedger, ReceiptEvent, append_receipts, read_last_seq
+from attempt_ledger._api import clear_cache
+
+RUN, NODE = "bench-run", "bench-node"
+
+
+def record_line(seq: int, attempt: int, event_type: str, payload: object) -> bytes:
+    """The stdlib way to encode one receipt line (what the floor and the others write)."""
+    return (
+        json.dumps(
+            {
+                "version": 1,
+                "run_id": RUN,
+                "node_id": NODE,
+                "attempt": attempt,
+                "session_id": "bench",
+                "seq": seq,
+                "ts_ms": time.time_ns() // 1_000_000,
+                "event_type": event_type,
+                "payload": payload,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+        + b"\n"
+    )
+
+
+class Contender:
+    """One ledger implementation, opened on ``root``; ``append`` returns the last seq written."""
+
+    name: ClassVar[str]
+    exact_across_processes: ClassVar[bool] = True
+    durable: bool
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        self.root = root
+        self.durable = durable
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        raise NotImplementedError
+
+    def last_seq(self) -> int:
+        raise NotImplementedError
+
+    def seqs(self) -> list[int]:
+        """Every seq stored, in storage order (to check exactness after a contended run)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the contender holds open."""
+
+
+def _file_seqs(path: Path) -> list[int]:
+    from attempt_ledger import read_receipt_records
+
+    return [r.seq for r in read_receipt_records(path)]
+
+
+class LedgerObject(Contender):
+    name = "attempt_ledger (AttemptLedger)"
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        super().__init__(root, durable=durable)
+        self.ledger = AttemptLedger(root, RUN, NODE, durable=durable)
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        return self.ledger.append(1, "bench", events).seq
+
+    def last_seq(self) -> int:
+        return self.ledger.last_seq()
+
+    def seqs(self) -> list[int]:
+        return _file_seqs(self.ledger.path)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+class LedgerFunctions(Contender):
+    name = "attempt_ledger (append_receipts)"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        return append_receipts(self.root, RUN, NODE, 1, "bench", events).seq
+
+    def last_seq(self) -> int:
+        return read_last_seq(self.root / RUN / f"{NODE}.jsonl")
+
+    def seqs(self) -> list[int]:
+        return _file_seqs(self.root / RUN / f"{NODE}.jsonl")
+
+    def close(self) -> None:
+        clear_cache()
+
+
+class Floor(Contender):
+    """``flock`` on a held-open sidecar plus one ``O_APPEND`` write; seq kept in memory."""
+
+    name = "floor (flock + write)"
+    exact_across_processes = False
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        super().__init__(root, durable=durable)
+        directory = root / RUN
+        directory.mkdir(parents=True, exist_ok=True)
+        self.lock_fd = os.open(directory / f"{NODE}.floor.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self.path = directory / f"{NODE}.floor.jsonl"
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.seq = 0
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        data = b"".join(
+            record_line(self.seq + i, 1, e.event_type, e.payload) for i, e in enumerate(events, 1)
+        )
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.write(self.fd, data)
+        if self.durable:
+            os.fsync(self.fd)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        self.seq += len(events)
+        return self.seq
+
+    def last_seq(self) -> int:
+        return self.seq
+
+    def seqs(self) -> list[int]:
+        return _file_seqs(self.path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.lock_fd)
+
+
+class Seed(Contender):
+    """The seed's algorithm: a per-path in-process mutex; the whole file read for the max seq;
+    the file opened, written and flushed once per record."""
+
+    name = "seed algorithm"
+    exact_across_processes = False
+    _locks: ClassVar[dict[str, threading.Lock]] = {}
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        super().__init__(root, durable=durable)
+        self.path = root / RUN / f"{NODE}.seed.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def last_seq(self) -> int:
+        try:
+            content = self.path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        best = 0
+        for line in content.splitlines():
+            try:
+                seq = json.loads(line).get("seq")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(seq, int):
+                best = max(best, seq)
+        return best
+
+    def seqs(self) -> list[int]:
+        return _file_seqs(self.path)
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        lock = self._locks.setdefault(str(self.path), threading.Lock())
+        with lock:
+            seq = self.last_seq()
+            for event in events:
+                seq += 1
+                with self.path.open("ab") as f:
+                    f.write(record_line(seq, 1, event.event_type, event.payload))
+                    f.flush()
+            return seq
+
+
+class FileLockPerAppend(Contender):
+    """``filelock.FileLock`` taken for every append, around a tail read and one write."""
+
+    name = "filelock.FileLock per append"
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        super().__init__(root, durable=durable)
+        self.path = root / RUN / f"{NODE}.fl.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(self.path) + ".lock")
+
+    def last_seq(self) -> int:
+        return read_last_seq(self.path)
+
+    def seqs(self) -> list[int]:
+        return _file_seqs(self.path)
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        with self.lock:
+            seq = read_last_seq(self.path)
+            data = b"".join(
+                record_line(seq + i, 1, e.event_type, e.payload) for i, e in enumerate(events, 1)
+            )
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            return seq + len(events)
+
+
+class SQLiteWAL(Contender):
+    """SQLite in WAL mode: ``BEGIN IMMEDIATE``, ``max(seq) + 1``, insert, commit."""
+
+    name = "SQLite WAL"
+
+    def __init__(self, root: Path, *, durable: bool = False) -> None:
+        super().__init__(root, durable=durable)
+        root.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(root / "ledger.sqlite3", timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS receipts (run_id TEXT, node_id TEXT, seq INTEGER, "
+            "line BLOB, PRIMARY KEY (run_id, node_id, seq)) WITHOUT ROWID"
+        )
+
+    def last_seq(self) -> int:
+        row = self.db.execute(
+            "SELECT max(seq) FROM receipts WHERE run_id=? AND node_id=?", (RUN, NODE)
+        ).fetchone()
+        return row[0] or 0
+
+    def seqs(self) -> list[int]:
+        query = "SELECT seq FROM receipts WHERE run_id=? AND node_id=? ORDER BY seq"
+        return [row[0] for row in self.db.execute(query, (RUN, NODE))]
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.last_seq()
+            self.db.executemany(
+                "INSERT INTO receipts VALUES (?, ?, ?, ?)",
+                [
+                    (RUN, NODE, seq + i, record_line(seq + i, 1, e.event_type, e.payload))
+                    for i, e in enumerate(events, 1)
+                ],
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return seq + len(events)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+CONTENDERS: dict[str, type[Contender]] = {
+    "ledger": LedgerObject,
+    "functions": LedgerFunctions,
+    "floor": Floor,
+    "seed": Seed,
+    "filelock": FileLockPerAppend,
+    "sqlite": SQLiteWAL,
+}

@@ -1,0 +1,220 @@
+"""Tables, targets and the plot, from the numbers ``scenarios`` measured."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from .contenders import CONTENDERS
+
+FLOOR = "floor"
+
+
+def machine() -> dict[str, str]:
+    temp = os.path.realpath(tempfile.gettempdir())
+    fs_type, best = "?", ""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, mount_point, kind, *_ = line.split()
+            if temp.startswith(mount_point) and len(mount_point) > len(best):
+                fs_type, best = kind, mount_point
+    return {
+        "cpus": str(os.cpu_count()),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "filelock": version("filelock"),
+        "attempt_ledger": version("attempt_ledger"),
+        "tempdir": f"{temp} ({fs_type})",
+    }
+
+
+def _ratio(value: float, floor: float) -> str:
+    return f"{value / floor:.2f}x" if floor else "-"
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
+
+
+def render(results: dict[str, Any]) -> str:
+    out = ["# attempt_ledger benchmark", ""]
+    out += [f"- {k}: {v}" for k, v in results["machine"].items()]
+    out += [f"- command: `{results['command']}`", ""]
+
+    out += ["## 1. One process, one ledger (µs per append call)", ""]
+    for batch, rows in results["single"].items():
+        floor = rows[FLOOR]["median"]
+        out += [
+            f"Batch of {batch}:",
+            "",
+            "| contender | median | p90 | p99 | max | per record | vs floor |",
+        ]
+        out += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, r in rows.items():
+            per_record = r["median"] / int(batch)
+            out.append(
+                f"| {CONTENDERS[name].name} | {r['median']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} "
+                f"| {r['max']:.0f} | {per_record:.2f} | {_ratio(r['median'], floor)} |"
+            )
+        out.append("")
+
+    out += ["## 2. Contention: N processes, one ledger, 1-event appends", ""]
+    out += ["| contender | processes | appends/s | vs floor | p99 µs | seqs exact |"]
+    out += ["| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, by_procs in results["contention"].items():
+        for procs, r in by_procs.items():
+            floor = results["contention"][FLOOR][procs]["appends_per_s"]
+            exact = (
+                ("yes" if r["exact"] else "NO") if r["checked"] else "n/a (not a correct ledger)"
+            )
+            out.append(
+                f"| {CONTENDERS[name].name} | {procs} | {r['appends_per_s']:,.0f} "
+                f"| {r['appends_per_s'] / floor:.2f}x | {r['p99']:.0f} | {exact} |"
+            )
+    out.append("")
+
+    out += ["## 3. Ledger size (µs, median)", ""]
+    out += [
+        "| size | ledger append | ledger read_last_seq | seed append |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for size, row in results["sizes"].items():
+        seed = row.get("seed_append", {}).get("median")
+        seed_text = (
+            f"{seed:,.0f}"
+            if seed is not None
+            else f"~{_extrapolate(results, int(size)):,.0f} (extrapolated)"
+        )
+        out.append(
+            f"| {_human(int(size))} | {row['ledger_append']['median']:.1f} "
+            f"| {row['ledger_read_last_seq']['median']:.1f} | {seed_text} |"
+        )
+    out.append("")
+
+    out += ["## 4. Durable appends (fsync every append; µs)", ""]
+    out += ["| contender | median | p90 | p99 | vs floor |", "| --- | ---: | ---: | ---: | ---: |"]
+    floor = results["durable"][FLOOR]["median"]
+    for name, r in results["durable"].items():
+        out.append(
+            f"| {CONTENDERS[name].name} | {r['median']:.0f} | {r['p90']:.0f} | {r['p99']:.0f} "
+            f"| {_ratio(r['median'], floor)} |"
+        )
+    out.append("")
+
+    out += ["## 5. Reconcile wake-up across processes (ms from append to return)", ""]
+    out += ["| poll interval | median | p90 | p99 | max |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for poll, r in results["wakeup"].items():
+        out.append(
+            f"| {poll} ms | {r['median'] / 1000:.2f} | {r['p90'] / 1000:.2f} "
+            f"| {r['p99'] / 1000:.2f} | {r['max'] / 1000:.2f} |"
+        )
+    out += ["", "## Targets", ""]
+    out += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in targets(results)]
+    return "\n".join(out) + "\n"
+
+
+def _extrapolate(results: dict[str, Any], size: int) -> float:
+    """The seed reads the whole file: scale its last measured latency linearly with size."""
+    measured = [
+        (int(s), r["seed_append"]["median"])
+        for s, r in results["sizes"].items()
+        if "seed_append" in r
+    ]
+    last_size, last_us = max(measured)
+    return last_us * size / max(last_size, 1)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, bool]]:
+    single = results["single"]["1"]
+    checks = []
+    ratio = single["ledger"]["median"] / single[FLOOR]["median"]
+    checks.append((f"1-event append {ratio:.2f}x the floor (target <= 1.5x)", ratio <= 1.5))
+    if "sqlite" in single:
+        speedup = single["sqlite"]["median"] / single["ledger"]["median"]
+        checks.append((f"{speedup:.1f}x faster than SQLite WAL (target >= 3x)", speedup >= 3))
+    contention = results["contention"]
+    four = {name: rows.get("4", {}).get("appends_per_s") for name, rows in contention.items()}
+    if four.get("ledger") and four.get(FLOOR):
+        for other, goal in ((FLOOR, 0.5), ("sqlite", 2), ("filelock", 20)):
+            if four.get(other):
+                value = four["ledger"] / four[other]
+                label = "of the floor's" if other == FLOOR else f"x {CONTENDERS[other].name}"
+                checks.append(
+                    (f"4 processes: {value:.2f} {label} throughput (target {goal})", value >= goal)
+                )
+    exact = all(r["exact"] for rows in contention.values() for r in rows.values() if r["checked"])
+    checks.append(("contended seqs always exact", exact))
+    sizes = results["sizes"]
+    small, big = sizes[min(sizes, key=int)], sizes[max(sizes, key=int)]
+    for key in ("ledger_append", "ledger_read_last_seq"):
+        value = big[key]["median"] / small[key]["median"]
+        checks.append(
+            (
+                f"{key} at the largest size {value:.2f}x the empty figure (target <= 1.2x)",
+                value <= 1.2,
+            )
+        )
+    durable = results["durable"]
+    value = durable["ledger"]["median"] / durable[FLOOR]["median"]
+    checks.append((f"durable append {value:.2f}x the fsync floor (target <= 1.2x)", value <= 1.2))
+    for poll, r in results["wakeup"].items():
+        value = r["median"] / 1000
+        checks.append(
+            (
+                f"wake-up median {value:.2f} ms at poll {poll} ms (target <= {int(poll) + 2})",
+                value <= int(poll) + 2,
+            )
+        )
+    return checks
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    sizes = results["sizes"]
+    xs = [max(int(s), 1 << 16) for s in sizes]
+    for key, label in (
+        ("ledger_append", "attempt_ledger append"),
+        ("ledger_read_last_seq", "attempt_ledger read_last_seq"),
+    ):
+        left.plot(xs, [sizes[s][key]["median"] for s in sizes], marker="o", label=label)
+    seed_x = [max(int(s), 1 << 16) for s in sizes if "seed_append" in sizes[s]]
+    seed_y = [sizes[s]["seed_append"]["median"] for s in sizes if "seed_append" in sizes[s]]
+    left.plot(seed_x, seed_y, marker="o", label="seed algorithm append")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="ledger size (bytes; empty shown at 64 KiB)",
+        ylabel="median µs",
+        title="Latency vs ledger size",
+    )
+    left.legend()
+    for name, rows in results["contention"].items():
+        procs = [int(p) for p in rows]
+        right.plot(
+            procs,
+            [rows[str(p)]["appends_per_s"] for p in procs],
+            marker="o",
+            label=CONTENDERS[name].name,
+        )
+    right.set(
+        yscale="log",
+        xlabel="processes",
+        ylabel="appends/s",
+        title="Throughput vs processes, one ledger",
+    )
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,212 @@
+"""The measurements. Each returns plain dicts; ``report`` turns them into tables and plots."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from attempt_ledger import ReceiptEvent, read_last_seq
+from attempt_ledger._codec import encode_record
+from attempt_ledger._records import ReceiptRecord
+
+from .contenders import CONTENDERS, NODE, RUN, LedgerObject
+
+PAYLOAD = {"note": "x" * 188}  # 200 bytes of JSON
+JOIN = 600
+
+
+def events(count: int) -> list[ReceiptEvent]:
+    return [ReceiptEvent("attempt_summary", PAYLOAD)] * count
+
+
+def stats(samples_ns: list[int]) -> dict[str, float]:
+    """Median, p90, p99 and max of latencies, in microseconds."""
+    ordered = sorted(samples_ns)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+
+    return {"median": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1] / 1000}
+
+
+@contextmanager
+def scratch() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="attempt-ledger-bench-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def time_calls(call: Callable[[], object], count: int) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(count):
+        start = clock()
+        call()
+        samples.append(clock() - start)
+    return samples
+
+
+# -- 1. one process -------------------------------------------------------------------------------
+
+
+def single_process(names: list[str], batch: int, calls: int, repeats: int) -> dict[str, Any]:
+    """Per-call latency of ``batch``-event appends; contenders interleaved, repeated."""
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    with scratch() as root:
+        opened = {name: CONTENDERS[name](root / name) for name in names}
+        batch_events = events(batch)
+        for _ in range(repeats):
+            for name in random.sample(names, len(names)):
+                run = time_calls(lambda c=opened[name]: c.append(batch_events), calls)
+                samples[name].extend(run)
+                medians[name].append(statistics.median(run) / 1000)
+        for contender in opened.values():
+            contender.close()
+    return {
+        name: {**stats(samples[name]), "median": statistics.median(medians[name])} for name in names
+    }
+
+
+# -- 2. contention --------------------------------------------------------------------------------
+
+
+def _contend(name: str, root: Path, count: int, start: Any, out: Any) -> None:
+    contender = CONTENDERS[name](root)
+    batch = events(1)
+    start.wait(timeout=JOIN)
+    began = time.monotonic()
+    samples = time_calls(lambda: contender.append(batch), count)
+    out.put((began, time.monotonic(), samples))
+    contender.close()
+
+
+def contention(name: str, processes: int, count: int) -> dict[str, Any]:
+    """``processes`` processes append ``count`` 1-event batches each to one ledger."""
+    ctx = multiprocessing.get_context("fork")
+    with scratch() as root:
+        start, out = ctx.Barrier(processes), ctx.Queue()
+        children = [
+            ctx.Process(target=_contend, args=(name, root, count, start, out))
+            for _ in range(processes)
+        ]
+        for child in children:
+            child.start()
+        results = [out.get(timeout=JOIN) for _ in children]
+        for child in children:
+            child.join(timeout=JOIN)
+        contender = CONTENDERS[name](root)
+        seqs = contender.seqs()
+        contender.close()
+    total = processes * count
+    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
+    return {
+        "appends_per_s": total / elapsed,
+        **stats([s for r in results for s in r[2]]),
+        "exact": seqs == list(range(1, total + 1)),
+        "checked": CONTENDERS[name].exact_across_processes,
+    }
+
+
+# -- 3. ledger size -------------------------------------------------------------------------------
+
+
+def fill(path: Path, size: int) -> int:
+    """Write valid receipts up to ``size`` bytes; return the last seq."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = encode_record(ReceiptRecord(1, RUN, NODE, 1, "bench", 10**9, 0, "e", PAYLOAD))
+    head, tail = line.split(b"1000000000", 1)
+    seq = 0
+    with path.open("wb") as f:
+        while f.tell() < size:
+            f.write(b"".join(head + b"%d" % s + tail for s in range(seq + 1, seq + 10_001)))
+            seq += 10_000
+    return seq
+
+
+def size_sweep(sizes: list[int], calls: int, seed_limit_s: float) -> dict[str, Any]:
+    """Append and last-seq latency on ledgers of each size, for the ledger and the seed."""
+    rows: dict[str, Any] = {}
+    with_seed = True
+    for size in sizes:
+        rows[str(size)] = row = _one_size(size, calls, with_seed)
+        # Once one seed append takes over the limit, larger sizes are only extrapolated.
+        with_seed = with_seed and row["seed_append"]["median"] <= seed_limit_s * 1e6
+    return rows
+
+
+def _one_size(size: int, calls: int, with_seed: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    with scratch() as root:
+        ledger = LedgerObject(root)
+        path = ledger.ledger.path
+        fill(path, size)
+        ledger.append(events(1))  # the first append reads the tail; then it is steady
+        row["ledger_append"] = stats(time_calls(lambda: ledger.append(events(1)), calls))
+        row["ledger_read_last_seq"] = stats(time_calls(lambda: read_last_seq(path), calls))
+        ledger.close()
+        if with_seed:
+            seed = CONTENDERS["seed"](root)
+            os.replace(path, seed.path)  # type: ignore[attr-defined]
+            seed_calls = max(3, min(calls, int(2e8 // max(size, 1))))
+            row["seed_append"] = stats(time_calls(lambda: seed.append(events(1)), seed_calls))
+    return row
+
+
+# -- 4. durable -----------------------------------------------------------------------------------
+
+
+def durable(names: list[str], calls: int, repeats: int) -> dict[str, Any]:
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    with scratch() as root:
+        opened = {name: CONTENDERS[name](root / name, durable=True) for name in names}
+        for _ in range(repeats):
+            for name in random.sample(names, len(names)):
+                samples[name].extend(time_calls(lambda c=opened[name]: c.append(events(1)), calls))
+        for contender in opened.values():
+            contender.close()
+    return {name: stats(samples[name]) for name in names}
+
+
+# -- 5. reconcile wake-up -------------------------------------------------------------------------
+
+
+def _reconciler(root: Path, poll_ms: int, rounds: int, ready: Any, out: Any) -> None:
+    ledger = LedgerObject(root).ledger
+    ready.set()
+    for target in range(1, rounds + 1):
+        summary = ledger.reconcile(target, 60_000, poll_ms)
+        out.put(time.monotonic())  # CLOCK_MONOTONIC: one clock for every process
+        assert summary.found
+
+
+def wakeup(poll_ms: int, rounds: int) -> dict[str, Any]:
+    """Time from an append in this process to ``reconcile`` returning in another."""
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(poll_ms)
+    with scratch() as root:
+        ready, out = ctx.Event(), ctx.Queue()
+        child = ctx.Process(target=_reconciler, args=(root, poll_ms, rounds, ready, out))
+        child.start()
+        ready.wait(timeout=JOIN)
+        ledger = LedgerObject(root)
+        delays = []
+        for _ in range(rounds):
+            time.sleep(rng.uniform(0, 2 * poll_ms / 1000))  # land anywhere in a poll interval
+            before = time.monotonic()
+            ledger.append(events(1))
+            delays.append(int((out.get(timeout=JOIN) - before) * 1e9))
+        child.join(timeout=JOIN)
+        ledger.close()
+    return stats(delays)
