@@ -22,7 +22,7 @@ from ._codec import (
 from ._errors import InvalidEvent, LedgerIOError, SeqExhausted
 from ._locking import SidecarLock
 from ._paths import lock_path_for, receipts_path
-from ._reader import TAIL_BLOCK, iter_records, read_last_seq, scan_last_seq
+from ._reader import iter_records, read_last_seq, tail_state
 from ._reconcile import reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
@@ -45,10 +45,13 @@ def _fsync_dir(path: Path) -> None:
 class _Handles:
     """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
 
-    __slots__ = ("fd", "known", "new_run_dir")
+    __slots__ = ("fd", "head", "known", "new_run_dir")
 
     def __init__(self) -> None:
         self.fd: int | None = None
+        # (attempt, session_id, encoded head) of the last append: workers repeat them. Read and
+        # replaced as one tuple, so threads racing outside the lock never mix two entries.
+        self.head: tuple[int, str, bytes] | None = None
         # (inode, size, last seq) after our last append: while the file still has that inode and
         # size, nobody has appended since, and the tail need not be read again.
         self.known: tuple[int, int, int] | None = None
@@ -141,7 +144,12 @@ class AttemptLedger:
         """
         try:
             check_ids(self.run_id, self.node_id, attempt, session_id)
-            head = encode_head(self.run_id, self.node_id, attempt, session_id)
+            cached = self._handles.head
+            if cached is not None and cached[0] == attempt and cached[1] == session_id:
+                head = cached[2]
+            else:
+                head = encode_head(self.run_id, self.node_id, attempt, session_id)
+                self._handles.head = (attempt, session_id, head)
             batch = encode_events(head, events if isinstance(events, list) else list(events))
         except IndexedValueError as error:
             raise InvalidEvent(self.path, str(error), error.index) from None
@@ -194,8 +202,7 @@ class AttemptLedger:
     def _read_tail(self, fd: int, size: int) -> tuple[int, bytes]:
         # Returns the last seq once a torn last line is sealed, and the seal to write first.
         try:
-            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            last_seq = scan_last_seq(fd, size, TAIL_BLOCK, count_fragment=torn)
+            last_seq, torn = tail_state(fd, size)
         except OSError as error:
             raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
         return last_seq, b"\n" if torn else b""
@@ -307,6 +314,8 @@ def _rebuild(
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):  # a short write: rare, so the view is only made then
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]

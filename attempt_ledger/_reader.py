@@ -91,17 +91,35 @@ def scan_last_seq(
         once an append seals them.
     :raises OSError: if reading fails.
     """
+    return _scan(fd, end, block_size, count_fragment, None)
+
+
+def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bool]:
+    """Return the last seq once a torn last line is sealed, and whether it is torn.
+
+    One read serves both answers in the common case (the last line fits in a block).
+
+    :raises OSError: if reading fails.
+    """
+    if end <= 0:
+        return 0, False
+    start = max(0, end - block_size)
+    chunk = os.pread(fd, end - start, start)
+    torn = chunk[-1:] != b"\n"
+    return _scan(fd, end, block_size, True, chunk), torn
+
+
+def _scan(fd: int, end: int, block_size: int, count_fragment: bool, chunk: bytes | None) -> int:
     pos = end
     # The bytes after the last "\n" are an unterminated fragment: no line unless sealed.
     pending = _Pending(backward=True, hopeless=not count_fragment)
     while pos > 0:
         start = max(0, pos - block_size)
-        chunk = os.pread(fd, pos - start, start)
+        if chunk is None:
+            chunk = os.pread(fd, pos - start, start)
         if len(chunk) != pos - start:
             # The file shrank under us (a writer rolled back a failed append): start over.
-            return scan_last_seq(
-                fd, os.fstat(fd).st_size, block_size, count_fragment=count_fragment
-            )
+            return _scan(fd, os.fstat(fd).st_size, block_size, count_fragment, None)
         hi = len(chunk)
         while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
             seq = line_seq(pending.take_line(chunk[newline + 1 : hi]))
@@ -110,6 +128,7 @@ def scan_last_seq(
             hi = newline
         pending.add(chunk[:hi])
         pos = start
+        chunk = None
     if pending.pieces:  # the first line of the file
         return line_seq(pending.take_line(b"")) or 0
     return 0

@@ -52,6 +52,8 @@ class Contender:
 
     name: ClassVar[str]
     exact_across_processes: ClassVar[bool] = True
+    #: Appends per timed run; the seed's cost grows with every append, so it runs few.
+    max_calls: ClassVar[int] = 1 << 30
     durable: bool
 
     def __init__(self, root: Path, *, durable: bool = False) -> None:
@@ -67,6 +69,9 @@ class Contender:
     def seqs(self) -> list[int]:
         """Every seq stored, in storage order (to check exactness after a contended run)."""
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Start the next timed run from an empty ledger where that matters (the seed)."""
 
     def close(self) -> None:
         """Release what the contender holds open."""
@@ -158,6 +163,7 @@ class Seed(Contender):
 
     name = "seed algorithm"
     exact_across_processes = False
+    max_calls = 300
     _locks: ClassVar[dict[str, threading.Lock]] = {}
 
     def __init__(self, root: Path, *, durable: bool = False) -> None:
@@ -182,6 +188,9 @@ class Seed(Contender):
 
     def seqs(self) -> list[int]:
         return _file_seqs(self.path)
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
 
     def append(self, events: list[ReceiptEvent]) -> int:
         lock = self._locks.setdefault(str(self.path), threading.Lock())

@@ -61,7 +61,12 @@ def time_calls(call: Callable[[], object], count: int) -> list[int]:
 
 
 def single_process(names: list[str], batch: int, calls: int, repeats: int) -> dict[str, Any]:
-    """Per-call latency of ``batch``-event appends; contenders interleaved, repeated."""
+    """Per-call latency of ``batch``-event appends.
+
+    The contenders take turns in short rounds, in a new random order each round, so that a
+    machine whose speed drifts (a shared VM) slows them alike; ``ratio`` is the median over
+    rounds of each contender's round median divided by the floor's in the same round.
+    """
     samples: dict[str, list[int]] = {name: [] for name in names}
     medians: dict[str, list[float]] = {name: [] for name in names}
     with scratch() as root:
@@ -69,13 +74,23 @@ def single_process(names: list[str], batch: int, calls: int, repeats: int) -> di
         batch_events = events(batch)
         for _ in range(repeats):
             for name in random.sample(names, len(names)):
-                run = time_calls(lambda c=opened[name]: c.append(batch_events), calls)
+                contender = opened[name]
+                contender.reset()
+                count = min(calls, contender.max_calls)
+                run = time_calls(lambda c=contender: c.append(batch_events), count)
                 samples[name].extend(run)
                 medians[name].append(statistics.median(run) / 1000)
         for contender in opened.values():
             contender.close()
     return {
-        name: {**stats(samples[name]), "median": statistics.median(medians[name])} for name in names
+        name: {
+            **stats(samples[name]),
+            "median": statistics.median(medians[name]),
+            "ratio": statistics.median(
+                m / f for m, f in zip(medians[name], medians["floor"], strict=True)
+            ),
+        }
+        for name in names
     }
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attempt_ledger._codec import line_seq
-from attempt_ledger._reader import iter_lines, read_last_seq, scan_last_seq
+from attempt_ledger._reader import iter_lines, read_last_seq, scan_last_seq, tail_state
 
 from .strategies import file_contents, seq_line
 
@@ -42,6 +42,19 @@ def test_tail_reader_equals_naive_scan(
     finally:
         os.close(fd)
     assert got == naive_last_seq(data, count_fragment=count_fragment)
+
+
+@given(data=file_contents, block_size=block_sizes)
+def test_tail_state_equals_naive_scan_of_the_sealed_file(
+    tmp_path: Path, data: bytes, block_size: int
+) -> None:
+    fd = _fd_of(tmp_path, data)
+    try:
+        got = tail_state(fd, len(data), block_size)
+    finally:
+        os.close(fd)
+    torn = bool(data) and not data.endswith(b"\n")
+    assert got == (naive_last_seq(data + b"\n" if torn else data), torn)
 
 
 @given(data=file_contents, chunk_size=block_sizes)
