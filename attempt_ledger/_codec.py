@@ -256,9 +256,12 @@ def _load(line: bytes) -> object:
     if not could_open_object(line[:64]) or not line.rstrip(_SPACE).endswith(b"}"):
         return None
     try:
-        return _decoder.decode(line.decode("utf-8"))
+        # raw_decode skips decode()'s whitespace regexes; JSON's own whitespace is stripped here.
+        text = line.decode("utf-8").strip(" \t\r")
+        obj, end = _decoder.raw_decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
+    return obj if end == len(text) else None
 
 
 def line_seq(line: bytes) -> int | None:

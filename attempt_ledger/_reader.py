@@ -17,7 +17,7 @@ from ._errors import LedgerIOError
 from ._records import ReceiptRecord
 
 #: Bytes read per step when scanning back from the end of a ledger.
-TAIL_BLOCK = 8192
+TAIL_BLOCK = 4096
 
 #: Bytes read per step when reading a ledger from the front.
 READ_CHUNK = 1 << 20
@@ -106,6 +106,14 @@ def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bo
     start = max(0, end - block_size)
     chunk = os.pread(fd, end - start, start)
     torn = chunk[-1:] != b"\n"
+    # The common case without the general scan's bookkeeping: the last line (the fragment, once
+    # sealed, if torn) lies wholly in this block and is valid.
+    hi = len(chunk) if torn else len(chunk) - 1
+    newline = chunk.rfind(b"\n", 0, hi)
+    if (newline >= 0 or start == 0) and len(chunk) == end - start:
+        seq = line_seq(chunk[newline + 1 : hi])
+        if seq is not None:
+            return seq, torn
     return _scan(fd, end, block_size, True, chunk), torn
 
 
