@@ -14,10 +14,18 @@ from ._api import (
     reconcile_receipts,
 )
 from ._codec import encode_record
-from ._errors import InvalidEvent, LedgerError, LedgerIOError, LockTimeout, SeqExhausted
+from ._errors import (
+    InvalidEvent,
+    LedgerError,
+    LedgerIOError,
+    LockTimeout,
+    SeqConflict,
+    SeqExhausted,
+)
 from ._ledger import AttemptLedger
 from ._paths import (
     ROOT_ENV,
+    iter_ledgers,
     receipt_path_for_state_dir,
     receipts_path,
     receipts_root,
@@ -54,12 +62,14 @@ __all__ = [
     "ReceiptEvent",
     "ReceiptRecord",
     "ReconcileSummary",
+    "SeqConflict",
     "SeqExhausted",
     "__version__",
     "append_receipt",
     "append_receipts",
     "clear_cache",
     "encode_record",
+    "iter_ledgers",
     "read_last_seq",
     "read_receipt_records",
     "receipt_path_for_state_dir",

@@ -79,6 +79,22 @@ class SeqExhausted(LedgerError, OverflowError):
         return type(self), (self.path, self.last_seq, self.count)
 
 
+class SeqConflict(LedgerError):
+    """``append(..., expected_last_seq=N)`` found another last seq; nothing was written.
+
+    :ivar expected: the last seq the caller expected.
+    :ivar actual: the last seq the ledger had under the lock.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(path, f"expected last seq {expected}, found {actual}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.expected, self.actual)
+
+
 class LedgerIOError(LedgerError, OSError):
     """An operating-system call failed; the original :class:`OSError` is chained as ``__cause__``.
 

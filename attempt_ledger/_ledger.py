@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,11 +20,11 @@ from ._codec import (
     encode_events,
     encode_head,
 )
-from ._errors import InvalidEvent, LedgerIOError, SeqExhausted
+from ._errors import InvalidEvent, LedgerIOError, SeqConflict, SeqExhausted
 from ._locking import SidecarLock
 from ._paths import lock_path_for, receipts_path
 from ._reader import iter_records, read_last_seq, tail_state
-from ._reconcile import reconcile
+from ._reconcile import follow, reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -127,7 +128,12 @@ class AttemptLedger:
     # -- appending ------------------------------------------------------------------------------
 
     def append(
-        self, attempt: int, session_id: str, events: Iterable[ReceiptEvent]
+        self,
+        attempt: int,
+        session_id: str,
+        events: Iterable[ReceiptEvent],
+        *,
+        expected_last_seq: int | None = None,
     ) -> AppendSummary:
         """Append ``events`` as consecutive records, all or none.
 
@@ -138,6 +144,11 @@ class AttemptLedger:
 
         :returns: the ledger path, the seq of the last record written, and how many were written.
         :raises InvalidEvent: if an id, ``attempt`` or an event is not valid; nothing is written.
+        :param expected_last_seq: append only if the ledger's last seq (a torn last line
+            counted once sealed) is this, checked under the lock: for workers that must not
+            race each other.
+        :raises SeqConflict: if ``expected_last_seq`` is given and is not the last seq; nothing
+            is written.
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``; nothing is written.
         :raises LockTimeout: if ``lock_timeout`` expires first.
         :raises LedgerIOError: if a system call fails; the file is left as it was.
@@ -156,15 +167,20 @@ class AttemptLedger:
         except ValueError as error:
             raise InvalidEvent(self.path, str(error)) from None
         if not batch.tails:
-            return AppendSummary(self.path, self.last_seq(), 0)
+            last_seq = self.last_seq()
+            if expected_last_seq is not None and expected_last_seq != last_seq:
+                raise SeqConflict(self.path, expected_last_seq, last_seq)
+            return AppendSummary(self.path, last_seq, 0)
         lock = self._lock
         lock.acquire(self.lock_timeout)
         try:
-            return self._append_locked(batch)
+            return self._append_locked(batch, expected_last_seq)
         finally:
             lock.release()
 
-    def _append_locked(self, batch: EncodedBatch) -> AppendSummary:
+    def _append_locked(
+        self, batch: EncodedBatch, expected_last_seq: int | None = None
+    ) -> AppendSummary:
         handles = self._handles
         fd = handles.fd if handles.fd is not None else self._ledger_fd()
         try:
@@ -182,6 +198,8 @@ class AttemptLedger:
             seal = b""
         else:
             last_seq, seal = self._read_tail(fd, size)
+        if expected_last_seq is not None and expected_last_seq != last_seq:
+            raise SeqConflict(self.path, expected_last_seq, last_seq)
         count = len(batch.tails)
         if last_seq + count > U64_MAX:
             raise SeqExhausted(self.path, last_seq, count)
@@ -280,6 +298,34 @@ class AttemptLedger:
         """
         return reconcile(
             self.last_seq, expected_min_seq, max_wait_ms, poll_interval_ms, clock=clock, sleep=sleep
+        )
+
+    def follow(
+        self,
+        since_seq: int = 0,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | None = None,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Iterator[ReceiptRecord]:
+        """Yield the records with ``seq > since_seq``, then each new one as it is appended.
+
+        Waits between reads with :meth:`reconcile`'s loop. Ends when ``stop`` is set (at once,
+        even mid-wait) or after ``timeout`` seconds; with neither, it follows until the
+        consumer stops iterating.
+
+        :raises LedgerIOError: if the ledger exists but cannot be read.
+        """
+        return follow(
+            self.path,
+            since_seq,
+            poll_interval=poll_interval,
+            stop=stop,
+            timeout=timeout,
+            clock=clock,
+            sleep=sleep,
         )
 
 

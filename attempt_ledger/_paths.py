@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._codec import rust_trim
@@ -67,6 +68,29 @@ def receipts_root() -> Path:
     if configured:
         return Path(configured)
     return receipts_root_for_state_dir(_user_state_dir())
+
+
+def iter_ledgers(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]]:
+    """Yield ``(run directory name, node name, path)`` for every ledger under ``root``, sorted.
+
+    A missing root has no ledgers. The names are the sanitized segments; the raw ids are in the
+    receipts.
+
+    :raises OSError: if ``root`` exists but cannot be listed.
+    """
+    base = Path(root)
+    try:
+        with os.scandir(base) as entries:
+            runs = sorted(entry.name for entry in entries if entry.is_dir())
+    except FileNotFoundError:
+        return
+    for run in runs:
+        with os.scandir(base / run) as entries:
+            names = sorted(
+                e.name for e in entries if e.name.endswith(LEDGER_SUFFIX) and e.is_file()
+            )
+        for name in names:
+            yield run, name[: -len(LEDGER_SUFFIX)], base / run / name
 
 
 def receipts_root_for_state_dir(state_dir: str | os.PathLike[str]) -> Path:

@@ -144,11 +144,12 @@ def _scan(fd: int, end: int, block_size: int, count_fragment: bool, chunk: bytes
 
 def iter_lines(
     fd: int, offset: int = 0, chunk_size: int = READ_CHUNK
-) -> Iterator[tuple[bytes, int]]:
+) -> Iterator[tuple[bytes | None, int]]:
     """Yield ``(line, end)`` for each complete line from ``offset`` on; ``end`` is past its ``\\n``.
 
-    Lines that cannot be JSON objects may be yielded as ``b""`` instead of their bytes; the
-    unterminated fragment at the end of the file is not yielded. Reads until end of file.
+    A long line found unable to be a JSON object while it was read is yielded as ``None``, its
+    bytes dropped; the unterminated fragment at the end of the file is not yielded. Reads until
+    end of file.
 
     :raises OSError: if reading fails.
     """
@@ -156,12 +157,12 @@ def iter_lines(
     while chunk := os.pread(fd, chunk_size, offset):
         low = 0
         while (newline := chunk.find(b"\n", low)) >= 0:
-            piece = chunk[low:newline]
+            line: bytes | None = chunk[low:newline]
             if pending.hopeless:
-                piece = b""
+                line = None
             elif pending.pieces:
-                piece = b"".join([*pending.pieces, piece])
-            yield piece, offset + newline + 1
+                line = b"".join([*pending.pieces, chunk[low:newline]])
+            yield line, offset + newline + 1
             pending.reset()
             low = newline + 1
         pending.add(chunk[low:])
@@ -194,14 +195,28 @@ def iter_records(path: str | os.PathLike[str], since_seq: int = 0) -> Iterator[R
 
     :raises LedgerIOError: if the path exists but cannot be read.
     """
+    for record, _ in iter_decoded(path):
+        if record is not None and record.seq > since_seq:
+            yield record
+
+
+def iter_decoded(
+    path: str | os.PathLike[str], offset: int = 0
+) -> Iterator[tuple[ReceiptRecord | None, int]]:
+    """Yield ``(record or None, end)`` for each complete line from byte ``offset`` on.
+
+    A file now shorter than ``offset`` (rolled back, replaced) is read from the start.
+
+    :raises LedgerIOError: if the path exists but cannot be read.
+    """
     fd = _open(path)
     if fd is None:
         return
     try:
-        for line, _ in iter_lines(fd):
-            record = decode_record(line)
-            if record is not None and record.seq > since_seq:
-                yield record
+        if os.fstat(fd).st_size < offset:
+            offset = 0
+        for line, end in iter_lines(fd, offset):
+            yield (None if line is None else decode_record(line)), end
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:

@@ -1,11 +1,15 @@
-"""Waiting for a ledger to reach a seq: a blocking poll loop with a monotonic deadline."""
+"""Waiting for a ledger to reach a seq (a blocking poll loop with a monotonic deadline), and
+following a ledger as it grows."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from ._records import ReconcileSummary
+from ._reader import iter_decoded, read_last_seq
+from ._records import ReceiptRecord, ReconcileSummary
 
 # Sleeps of a float interval do not add up to the float deadline exactly; a nanosecond short
 # of it is there.
@@ -20,6 +24,7 @@ def reconcile(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
 ) -> ReconcileSummary:
     """Call ``read_seq`` until it returns at least ``expected_min_seq`` or ``max_wait_ms`` pass.
 
@@ -28,6 +33,8 @@ def reconcile(
     overshoots its deadline by more than one read.
 
     :param clock: monotonic seconds; replace it (with ``sleep``) to test without waiting.
+    :param stop: when set, the loop returns (not found) at once, even mid-sleep when ``sleep``
+        is the default.
     :raises OSError: if reading the ledger fails.
     """
     start = clock()
@@ -41,6 +48,53 @@ def reconcile(
         now = clock()
         found = last_seq >= target
         remaining = deadline - now
-        if found or remaining <= _EPSILON:
+        stopped = stop is not None and stop.is_set()
+        if found or stopped or remaining <= _EPSILON:
             return ReconcileSummary(found, last_seq, round((now - start) * 1000), attempts)
-        sleep(min(poll, remaining))
+        if stop is not None and sleep is time.sleep:
+            stop.wait(min(poll, remaining))  # set() cuts the sleep short
+        else:
+            sleep(min(poll, remaining))
+
+
+def follow(
+    path: Path,
+    since_seq: int = 0,
+    *,
+    poll_interval: float = 0.05,
+    stop: threading.Event | None = None,
+    timeout: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[ReceiptRecord]:
+    """Yield the records of the ledger at ``path`` with ``seq > since_seq``, then each new one.
+
+    Between reads it waits with :func:`reconcile` for the seq after the last one yielded. It
+    ends when ``stop`` is set or ``timeout`` seconds (monotonic) pass without being stopped
+    early by either; ``None`` for both follows until the consumer stops iterating.
+
+    :raises LedgerIOError: if the ledger exists but cannot be read.
+    """
+    deadline = None if timeout is None else clock() + timeout
+    last, offset = since_seq, 0
+    while True:
+        for record, end in iter_decoded(path, offset):
+            offset = end
+            if record is not None and record.seq > last:
+                last = record.seq
+                yield record
+        remaining = 3600.0 if deadline is None else deadline - clock()
+        # Reconcile counts whole milliseconds: less than half of one left is none.
+        if (stop is not None and stop.is_set()) or remaining < 0.0005:
+            return
+        wait_ms = max(1, round(min(remaining, 3600.0) * 1000))
+        poll_ms = max(1, round(poll_interval * 1000))
+        reconcile(
+            lambda: read_last_seq(path),
+            last + 1,
+            wait_ms,
+            poll_ms,
+            clock=clock,
+            sleep=sleep,
+            stop=stop,
+        )

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from attempt_ledger import InvalidEvent, LedgerError, LedgerIOError, LockTimeout, SeqExhausted
+from attempt_ledger import (
+    InvalidEvent,
+    LedgerError,
+    LedgerIOError,
+    LockTimeout,
+    SeqConflict,
+    SeqExhausted,
+)
 
 P = Path("/x/run/node.jsonl")
 
@@ -16,6 +23,7 @@ ERRORS = [
     (InvalidEvent(P, "bad attempt"), ValueError),
     (LockTimeout(P.with_name("node.jsonl.lock"), 1.5), TimeoutError),
     (SeqExhausted(P, 2**64 - 1, 2), OverflowError),
+    (SeqConflict(P, 3, 5), Exception),
     (LedgerIOError(P, "cannot open the ledger: No space left on device", errno.ENOSPC), OSError),
 ]
 

@@ -1,0 +1,145 @@
+"""follow(), expected_last_seq and iter_ledgers: the additions for workers and tools."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from attempt_ledger import (
+    AttemptLedger,
+    ReceiptEvent,
+    SeqConflict,
+    iter_ledgers,
+)
+from attempt_ledger._reconcile import reconcile
+
+from .test_reconcile import FakeClock
+
+EV = [ReceiptEvent("e")]
+
+
+def test_follow_yields_existing_then_new_records(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 3)
+    appended = []
+
+    def on_sleep() -> None:  # the ledger grows while follow waits
+        if len(appended) < 2:
+            appended.append(ledger.append(1, "s", EV).seq)
+
+    clock = FakeClock(on_sleep)
+    seqs = [
+        r.seq
+        for r in ledger.follow(
+            since_seq=1, poll_interval=0.01, timeout=1.0, clock=clock, sleep=clock.sleep
+        )
+    ]
+    assert seqs == [2, 3, 4, 5]
+    assert appended == [4, 5]
+
+
+def test_follow_skips_junk_and_survives_a_torn_line(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with ledger.path.open("ab") as f:
+        f.write(b"junk\n" + b'{"version":1')  # a torn line, sealed by the next append
+    steps = iter([lambda: ledger.append(1, "s", EV * 2)])
+
+    def on_sleep() -> None:
+        next(steps, lambda: None)()
+
+    clock = FakeClock(on_sleep)
+    seqs = [r.seq for r in ledger.follow(timeout=0.5, clock=clock, sleep=clock.sleep)]
+    assert seqs == [1, 2, 3]
+
+
+def test_follow_stops_when_the_event_is_set(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    stop = threading.Event()
+    seen = []
+    for record in ledger.follow(stop=stop, poll_interval=60):
+        seen.append(record.seq)
+        stop.set()  # a long poll interval: only the event can end the wait promptly
+    assert seen == [1]
+
+
+def test_follow_of_a_missing_ledger_times_out_empty(root: Path) -> None:
+    clock = FakeClock()
+    ledger = AttemptLedger(root, "r", "n")
+    assert list(ledger.follow(timeout=0.2, clock=clock, sleep=clock.sleep)) == []
+    assert sum(clock.sleeps) == pytest.approx(0.2)
+
+
+def test_reconcile_returns_when_stopped() -> None:
+    stop = threading.Event()
+    stop.set()
+    summary = reconcile(lambda: 0, 5, 60_000, 10, stop=stop)
+    assert (summary.found, summary.attempts) == (False, 1)
+
+
+def test_expected_last_seq(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    assert ledger.append(1, "s", EV, expected_last_seq=0).seq == 1
+    before = ledger.path.read_bytes()
+    with pytest.raises(SeqConflict) as info:
+        ledger.append(1, "s", EV, expected_last_seq=0)
+    assert (info.value.expected, info.value.actual, info.value.path) == (0, 1, ledger.path)
+    assert ledger.path.read_bytes() == before
+    assert ledger.append(1, "s", EV * 2, expected_last_seq=1).seq == 3
+    with pytest.raises(SeqConflict):
+        ledger.append(1, "s", [], expected_last_seq=2)
+
+
+def test_expected_last_seq_counts_a_sealed_record_and_writes_nothing_on_conflict(
+    root: Path,
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 2)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-1])  # seq 2 lost its "\n"
+    before = ledger.path.read_bytes()
+    with pytest.raises(SeqConflict) as info:
+        ledger.append(1, "s", EV, expected_last_seq=1)
+    assert info.value.actual == 2
+    assert ledger.path.read_bytes() == before  # not even the seal
+    assert ledger.append(1, "s", EV, expected_last_seq=2).seq == 3
+
+
+def test_racing_workers_with_expected_last_seq_never_both_win(root: Path) -> None:
+    barrier = threading.Barrier(8)
+    wins: list[int] = []
+    conflicts: list[int] = []
+
+    def worker(n: int) -> None:
+        ledger = AttemptLedger(root, "r", "n")
+        barrier.wait(timeout=30)
+        try:
+            ledger.append(n, "s", EV, expected_last_seq=0)
+            wins.append(n)
+        except SeqConflict as error:
+            conflicts.append(error.actual)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(wins) == 1
+    assert conflicts == [1] * 7
+
+
+def test_iter_ledgers(root: Path) -> None:
+    assert list(iter_ledgers(root)) == []
+    for run, node in [("b", "y"), ("a", "z"), ("a", "x"), ("run/1", "n:1")]:
+        AttemptLedger(root, run, node).append(1, "s", EV)
+    (root / "a" / "notes.txt").write_text("not a ledger")
+    (root / "stray-file").write_text("not a run")
+    assert [(run, node) for run, node, _ in iter_ledgers(root)] == [
+        ("a", "x"),
+        ("a", "z"),
+        ("b", "y"),
+        ("run-1", "n-1"),
+    ]
+    assert all(path.is_file() for _, _, path in iter_ledgers(root))
