@@ -1,19 +1,41 @@
-"""The ``attempt-ledger`` command line."""
+"""The ``attempt-ledger`` command line (also ``python -m attempt_ledger``).
+
+Exit status: 0 done; 1 a negative answer (``reconcile`` timed out, ``verify`` found problems);
+2 a usage error or bad input; 3 an error of the ledger or the system (I/O, lock timeout).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 from ._errors import LedgerError
+from ._ledger import AttemptLedger
 from ._paths import receipts_root
+from ._records import ReceiptEvent
+
+USAGE, FAILURE = 2, 3
+
+
+class _UsageError(Exception):
+    """Bad arguments or input: one line on stderr, exit 2."""
+
+
+def _ledger_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="run id (raw; sanitized for the path)")
+    parser.add_argument("node", metavar="NODE", help="node id (raw; sanitized for the path)")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="attempt-ledger", description="Inspect and exercise attempt-receipt ledgers."
+        prog="attempt-ledger", description="Inspect and write attempt-receipt ledgers."
     )
     parser.add_argument(
         "--root",
@@ -21,11 +43,49 @@ def _parser() -> argparse.ArgumentParser:
         help="receipts root (default: $ATTEMPT_LEDGER_DIR, else the per-user state directory)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo", help="worker processes append to one ledger while another process reconciles"
-    )
+    add = commands.add_parser
+
+    demo = add("demo", help="worker processes append to one ledger while another reconciles")
     demo.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     demo.add_argument("--appends", type=int, default=2000, help="appends per worker (default 2000)")
+
+    ls = add("ls", help="runs and nodes under the root, with record counts and last seq")
+    ls.add_argument("--json", action="store_true", help="one JSON object per ledger")
+
+    show = add("show", help="a ledger's records as a table")
+    _ledger_args(show)
+    show.add_argument("--attempt", type=int, help="only this attempt")
+    show.add_argument("--session", help="only this session id")
+    show.add_argument("--event-type", help="only this event type")
+    show.add_argument("--since-seq", type=int, default=0, help="only records after this seq")
+    show.add_argument("--json", action="store_true", help="the matching lines, unchanged")
+
+    tail = add("tail", help="the last records; -f follows new ones until interrupted")
+    _ledger_args(tail)
+    tail.add_argument("-n", type=int, default=10, help="how many records (default 10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="then follow new appends")
+    tail.add_argument("--json", action="store_true", help="the lines, unchanged")
+
+    append = add("append", help="append events: JSON lines on stdin, or one from the options")
+    _ledger_args(append)
+    append.add_argument("--attempt", type=int, required=True)
+    append.add_argument("--session", required=True)
+    append.add_argument("--event-type", help="one event of this type instead of stdin")
+    append.add_argument("--payload", help="its payload, as JSON (default null)")
+    append.add_argument("--durable", action="store_true", help="fsync the append")
+
+    last = add("last-seq", help="the seq of the ledger's last valid line")
+    _ledger_args(last)
+
+    rec = add("reconcile", help="wait for a seq; exit 0 found, 1 timed out")
+    _ledger_args(rec)
+    rec.add_argument("--min-seq", type=int, required=True)
+    rec.add_argument("--timeout-ms", type=int, required=True)
+    rec.add_argument("--poll-ms", type=int, default=10)
+
+    verify = add("verify", help="check ledgers line by line; exit 0 clean, 1 problems")
+    verify.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
+    verify.add_argument("--all", action="store_true", help="every ledger under the root")
     return parser
 
 
@@ -34,13 +94,165 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     root: Path = args.root or receipts_root()
     try:
-        if args.command == "demo":
-            from ._demo import run_demo
-
-            return run_demo(root, max(args.workers, 1), max(args.appends, 1))
+        return _COMMANDS[args.command](args, root)
+    except _UsageError as error:
+        print(f"attempt-ledger: {error}", file=sys.stderr)
+        return USAGE
     except LedgerError as error:
         print(f"attempt-ledger: {error}", file=sys.stderr)
-        return 2
+        return FAILURE
+    except BrokenPipeError:  # `attempt-ledger show ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         return 130
-    raise AssertionError(args.command)  # pragma: no cover - argparse allows no other
+
+
+def _ledger(args: argparse.Namespace, root: Path, **options: Any) -> AttemptLedger:
+    return AttemptLedger(root, args.run, args.node, **options)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def _demo(args: argparse.Namespace, root: Path) -> int:
+    from ._demo import run_demo
+
+    return run_demo(root, max(args.workers, 1), max(args.appends, 1))
+
+
+def _ls(args: argparse.Namespace, root: Path) -> int:
+    from ._inspect import ledger_summaries
+
+    for summary in ledger_summaries(root):
+        if args.json:
+            print(_json(summary))
+        else:
+            print(
+                f"{summary['run']}/{summary['node']}  records={summary['records']}  "
+                f"last_seq={summary['last_seq']}  bytes={summary['bytes']}"
+            )
+    return 0
+
+
+def _show(args: argparse.Namespace, root: Path) -> int:
+    from ._inspect import print_rows, record_row
+    from ._reader import iter_decoded
+
+    ledger = _ledger(args, root)
+
+    def matching() -> Any:
+        for record, line, _ in iter_decoded(ledger.path):
+            if record is None or line is None or record.seq <= args.since_seq:
+                continue
+            if args.attempt is not None and record.attempt != args.attempt:
+                continue
+            if args.session is not None and record.session_id != args.session:
+                continue
+            if args.event_type is not None and record.event_type != args.event_type:
+                continue
+            yield record, line
+
+    if args.json:
+        for _, line in matching():
+            sys.stdout.buffer.write(line + b"\n")
+    else:
+        print_rows((record_row(r) for r, _ in matching()), sys.stdout)
+    return 0
+
+
+def _tail(args: argparse.Namespace, root: Path) -> int:
+    from ._codec import encode_record
+    from ._inspect import last_records, print_rows, record_row
+
+    ledger = _ledger(args, root)
+    last = last_records(ledger.path, args.n)
+    if args.json:
+        sys.stdout.buffer.writelines(line + b"\n" for _, line in last)
+    else:
+        print_rows((record_row(r) for r, _ in last), sys.stdout)
+    sys.stdout.flush()
+    if args.follow:
+        since = last[-1][0].seq if last else ledger.last_seq()
+        stop = threading.Event()
+        try:
+            for record in ledger.follow(since, poll_interval=0.1, stop=stop):
+                if args.json:
+                    sys.stdout.buffer.write(encode_record(record))
+                else:
+                    print_rows([record_row(record)], sys.stdout)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            stop.set()
+    return 0
+
+
+def _append(args: argparse.Namespace, root: Path) -> int:
+    if args.event_type is not None:
+        try:
+            payload = None if args.payload is None else json.loads(args.payload)
+        except ValueError as error:
+            raise _UsageError(f"--payload is not JSON: {error}") from None
+        events = [ReceiptEvent(args.event_type, payload)]
+    else:
+        if args.payload is not None:
+            raise _UsageError("--payload goes with --event-type")
+        from ._inspect import read_events
+
+        try:
+            events = read_events(sys.stdin)
+        except ValueError as error:
+            raise _UsageError(str(error)) from None
+    ledger = _ledger(args, root, durable=args.durable)
+    try:
+        summary = ledger.append(args.attempt, args.session, events)
+    finally:
+        ledger.close()
+    print(_json(attrs.asdict(summary)))
+    return 0
+
+
+def _last_seq(args: argparse.Namespace, root: Path) -> int:
+    print(_ledger(args, root).last_seq())
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, root: Path) -> int:
+    summary = _ledger(args, root).reconcile(args.min_seq, args.timeout_ms, args.poll_ms)
+    print(_json(attrs.asdict(summary)))
+    return 0 if summary.found else 1
+
+
+def _verify(args: argparse.Namespace, root: Path) -> int:
+    from ._paths import receipts_path, sanitize_segment
+    from ._verify import verify_ledger, verify_root
+
+    if args.all == bool(args.ids) or (args.ids and len(args.ids) != 2):
+        raise _UsageError("verify takes RUN NODE, or --all")
+    if args.all:
+        problems = verify_root(root)
+    else:
+        run, node = args.ids
+        path = receipts_path(root, run, node)
+        if not path.is_file():
+            raise _UsageError(f"{path}: no such ledger")
+        problems = verify_ledger(path, sanitize_segment(run), sanitize_segment(node))
+    found = 0
+    for problem in problems:
+        found += 1
+        print(problem)
+    print(f"{found} problem{'s' if found != 1 else ''} found", file=sys.stderr)
+    return 1 if found else 0
+
+
+_COMMANDS = {
+    "demo": _demo,
+    "ls": _ls,
+    "show": _show,
+    "tail": _tail,
+    "append": _append,
+    "last-seq": _last_seq,
+    "reconcile": _reconcile,
+    "verify": _verify,
+}

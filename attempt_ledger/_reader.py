@@ -195,15 +195,17 @@ def iter_records(path: str | os.PathLike[str], since_seq: int = 0) -> Iterator[R
 
     :raises LedgerIOError: if the path exists but cannot be read.
     """
-    for record, _ in iter_decoded(path):
+    for record, _, _ in iter_decoded(path):
         if record is not None and record.seq > since_seq:
             yield record
 
 
 def iter_decoded(
     path: str | os.PathLike[str], offset: int = 0
-) -> Iterator[tuple[ReceiptRecord | None, int]]:
-    """Yield ``(record or None, end)`` for each complete line from byte ``offset`` on.
+) -> Iterator[tuple[ReceiptRecord | None, bytes | None, int]]:
+    """Yield ``(record or None, line, end)`` for each complete line from byte ``offset`` on.
+
+    ``line`` is as :func:`iter_lines` gives it, ``end`` the offset just past its newline.
 
     A file now shorter than ``offset`` (rolled back, replaced) is read from the start.
 
@@ -216,7 +218,7 @@ def iter_decoded(
         if os.fstat(fd).st_size < offset:
             offset = 0
         for line, end in iter_lines(fd, offset):
-            yield (None if line is None else decode_record(line)), end
+            yield (None if line is None else decode_record(line)), line, end
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:

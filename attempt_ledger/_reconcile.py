@@ -78,7 +78,7 @@ def follow(
     deadline = None if timeout is None else clock() + timeout
     last, offset = since_seq, 0
     while True:
-        for record, end in iter_decoded(path, offset):
+        for record, _, end in iter_decoded(path, offset):
             offset = end
             if record is not None and record.seq > last:
                 last = record.seq
