@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import random
 import shutil
 import statistics
@@ -21,7 +22,7 @@ from attempt_ledger._records import ReceiptRecord
 from .contenders import CONTENDERS, NODE, RUN, LedgerObject
 
 PAYLOAD = {"note": "x" * 188}  # 200 bytes of JSON
-JOIN = 600
+JOIN = 120
 
 
 def events(count: int) -> list[ReceiptEvent]:
@@ -111,16 +112,13 @@ def contention(name: str, processes: int, count: int) -> dict[str, Any]:
     """``processes`` processes append ``count`` 1-event batches each to one ledger."""
     ctx = multiprocessing.get_context("fork")
     with scratch() as root:
+        CONTENDERS[name](root).close()  # create the storage (SQLite's schema) before the race
         start, out = ctx.Barrier(processes), ctx.Queue()
         children = [
             ctx.Process(target=_contend, args=(name, root, count, start, out))
             for _ in range(processes)
         ]
-        for child in children:
-            child.start()
-        results = [out.get(timeout=JOIN) for _ in children]
-        for child in children:
-            child.join(timeout=JOIN)
+        results = collect(children, out)
         contender = CONTENDERS[name](root)
         seqs = contender.seqs()
         contender.close()
@@ -132,6 +130,31 @@ def contention(name: str, processes: int, count: int) -> dict[str, Any]:
         "exact": seqs == list(range(1, total + 1)),
         "checked": CONTENDERS[name].exact_across_processes,
     }
+
+
+def collect(children: list[Any], out: Any) -> list[Any]:
+    """Start ``children`` and gather one result from each; fail fast if one dies."""
+    for child in children:
+        child.start()
+    results: list[Any] = []
+    deadline = time.monotonic() + JOIN
+    try:
+        while len(results) < len(children):
+            try:
+                results.append(out.get(timeout=1))
+            except queue.Empty:
+                failed = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"a benchmark process failed (exit codes {failed})"
+                    ) from None
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+    return results
 
 
 # -- 3. ledger size -------------------------------------------------------------------------------
@@ -214,14 +237,20 @@ def wakeup(poll_ms: int, rounds: int) -> dict[str, Any]:
         ready, out = ctx.Event(), ctx.Queue()
         child = ctx.Process(target=_reconciler, args=(root, poll_ms, rounds, ready, out))
         child.start()
-        ready.wait(timeout=JOIN)
         ledger = LedgerObject(root)
         delays = []
-        for _ in range(rounds):
-            time.sleep(rng.uniform(0, 2 * poll_ms / 1000))  # land anywhere in a poll interval
-            before = time.monotonic()
-            ledger.append(events(1))
-            delays.append(int((out.get(timeout=JOIN) - before) * 1e9))
-        child.join(timeout=JOIN)
-        ledger.close()
+        try:
+            if not ready.wait(timeout=JOIN):
+                raise RuntimeError("the reconciling process did not start")
+            for _ in range(rounds):
+                time.sleep(rng.uniform(0, 2 * poll_ms / 1000))  # land anywhere in an interval
+                before = time.monotonic()
+                ledger.append(events(1))
+                delays.append(int((out.get(timeout=JOIN) - before) * 1e9))
+        finally:
+            child.join(timeout=JOIN)
+            if child.is_alive():
+                child.kill()
+                child.join()
+            ledger.close()
     return stats(delays)
