@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import report, scenarios
 
-ALL = ["ledger", "functions", "floor", "seed", "filelock", "sqlite"]
+ALL = ["ledger", "functions", "floor", "bare", "seed", "filelock", "sqlite"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,16 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     }
     say("2. contention")
-    contenders = ["ledger", "floor", "filelock", "sqlite"]
-    results["contention"] = {
-        name: {
-            str(p): scenarios.contention(
-                name, p, (40 if q else (300 if name == "filelock" else 3000)) // p
-            )
-            for p in (1, 2, 4, 8)
-        }
-        for name in contenders
-    }
+    results["contention"] = scenarios.contention_matrix(
+        ["ledger", "floor", "filelock", "sqlite"], [1, 2, 4, 8], 40 if q else 3000, 1 if q else 3
+    )
     say("3. ledger size")
     sizes = [0, 1 << 20] if q else [0, 10 << 20, 100 << 20, 1 << 30]
     results["sizes"] = scenarios.size_sweep(sizes, 20 if q else 2000, seed_limit_s=1.0)

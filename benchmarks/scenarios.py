@@ -61,7 +61,9 @@ def time_calls(call: Callable[[], object], count: int) -> list[int]:
 # -- 1. one process -------------------------------------------------------------------------------
 
 
-def single_process(names: list[str], batch: int, calls: int, repeats: int) -> dict[str, Any]:
+def single_process(
+    names: list[str], batch: int, calls: int, repeats: int, *, durable: bool = False
+) -> dict[str, Any]:
     """Per-call latency of ``batch``-event appends.
 
     The contenders take turns in short rounds, in a new random order each round, so that a
@@ -71,7 +73,7 @@ def single_process(names: list[str], batch: int, calls: int, repeats: int) -> di
     samples: dict[str, list[int]] = {name: [] for name in names}
     medians: dict[str, list[float]] = {name: [] for name in names}
     with scratch() as root:
-        opened = {name: CONTENDERS[name](root / name) for name in names}
+        opened = {name: CONTENDERS[name](root / name, durable=durable) for name in names}
         batch_events = events(batch)
         for _ in range(repeats):
             for name in random.sample(names, len(names)):
@@ -132,6 +134,38 @@ def contention(name: str, processes: int, count: int) -> dict[str, Any]:
     }
 
 
+def contention_matrix(
+    names: list[str], process_counts: list[int], appends: int, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Every contender at every process count, ``repeats`` times in shuffled order.
+
+    The run of median throughput is kept, with ``ratio``: the median over repeats of the
+    throughput divided by the floor's in the same repeat. FileLock polls, so it does a tenth of
+    the appends.
+    """
+    runs = {name: {p: [] for p in process_counts} for name in names}
+    for _ in range(repeats):
+        for processes in process_counts:
+            for name in random.sample(names, len(names)):
+                count = (appends // 10 if name == "filelock" else appends) // processes
+                runs[name][processes].append(contention(name, processes, max(count, 1)))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        out[name] = {}
+        for processes in process_counts:
+            mine, floors = runs[name][processes], runs["floor"][processes]
+            ratios = [
+                m["appends_per_s"] / f["appends_per_s"] for m, f in zip(mine, floors, strict=True)
+            ]
+            middle = sorted(mine, key=lambda r: r["appends_per_s"])[len(mine) // 2]
+            out[name][str(processes)] = {
+                **middle,
+                "ratio": statistics.median(ratios),
+                "exact": all(r["exact"] for r in mine),
+            }
+    return out
+
+
 def collect(children: list[Any], out: Any) -> list[Any]:
     """Start ``children`` and gather one result from each; fail fast if one dies."""
     for child in children:
@@ -185,19 +219,35 @@ def size_sweep(sizes: list[int], calls: int, seed_limit_s: float) -> dict[str, A
 
 
 def _one_size(size: int, calls: int, with_seed: bool) -> dict[str, Any]:
+    # The ledger of this size takes turns with an empty one, so ``ratio`` (median over rounds)
+    # compares them at the same moment of a drifting machine.
     row: dict[str, Any] = {}
     with scratch() as root:
-        ledger = LedgerObject(root)
-        path = ledger.ledger.path
+        sized, empty = LedgerObject(root / "sized"), LedgerObject(root / "empty")
+        path, empty_path = sized.ledger.path, empty.ledger.path
         fill(path, size)
-        ledger.append(events(1))  # the first append reads the tail; then it is steady
-        row["ledger_append"] = stats(time_calls(lambda: ledger.append(events(1)), calls))
-        row["ledger_read_last_seq"] = stats(time_calls(lambda: read_last_seq(path), calls))
-        ledger.close()
+        for ledger in (sized, empty):
+            ledger.append(events(1))  # the first append reads the tail; then it is steady
+        pairs = {
+            "ledger_append": (lambda: sized.append(events(1)), lambda: empty.append(events(1))),
+            "ledger_read_last_seq": (
+                lambda: read_last_seq(path),
+                lambda: read_last_seq(empty_path),
+            ),
+        }
+        for key, (at_size, at_zero) in pairs.items():
+            samples, ratios = [], []
+            for _ in range(10):
+                mine, base = time_calls(at_size, calls // 10), time_calls(at_zero, calls // 10)
+                samples += mine
+                ratios.append(statistics.median(mine) / statistics.median(base))
+            row[key] = {**stats(samples), "ratio": statistics.median(ratios)}
+        sized.close()
+        empty.close()
         if with_seed:
             seed = CONTENDERS["seed"](root)
             os.replace(path, seed.path)  # type: ignore[attr-defined]
-            seed_calls = max(3, min(calls, int(2e8 // max(size, 1))))
+            seed_calls = 5  # few, so the file stays at its size: each append reads all of it
             row["seed_append"] = stats(time_calls(lambda: seed.append(events(1)), seed_calls))
     return row
 
@@ -206,15 +256,8 @@ def _one_size(size: int, calls: int, with_seed: bool) -> dict[str, Any]:
 
 
 def durable(names: list[str], calls: int, repeats: int) -> dict[str, Any]:
-    samples: dict[str, list[int]] = {name: [] for name in names}
-    with scratch() as root:
-        opened = {name: CONTENDERS[name](root / name, durable=True) for name in names}
-        for _ in range(repeats):
-            for name in random.sample(names, len(names)):
-                samples[name].extend(time_calls(lambda c=opened[name]: c.append(events(1)), calls))
-        for contender in opened.values():
-            contender.close()
-    return {name: stats(samples[name]) for name in names}
+    """1-event appends that fsync, against a floor that fsyncs too."""
+    return single_process(names, 1, calls, repeats, durable=True)
 
 
 # -- 5. reconcile wake-up -------------------------------------------------------------------------

@@ -83,16 +83,13 @@ def test_root_from_the_environment(root: Path, seeded: AttemptLedger) -> None:
     assert done.stdout == "3\n"
 
 
+APPEND_R_N = ["append", "r", "n", "--attempt", "3", "--session", "s"]
+
+
 def test_append_from_stdin_and_from_options(root: Path) -> None:
     done = run(
         root,
-        "append",
-        "r",
-        "n",
-        "--attempt",
-        "3",
-        "--session",
-        "s",
+        *APPEND_R_N,
         stdin='{"event_type": "a", "payload": {"k": [1]}}\n\n{"event_type": "b"}\n',
     )
     assert done.returncode == 0, done.stderr
@@ -100,17 +97,8 @@ def test_append_from_stdin_and_from_options(root: Path) -> None:
     assert summary == {"path": str(receipts_path(root, "r", "n")), "seq": 2, "record_count": 2}
     done = run(
         root,
-        "append",
-        "r",
-        "n",
-        "--attempt",
-        "3",
-        "--session",
-        "s",
-        "--event-type",
-        "c",
-        "--payload",
-        '{"x": 1}',
+        *APPEND_R_N,
+        *["--event-type", "c", "--payload", '{"x": 1}'],
     )
     assert json.loads(done.stdout)["seq"] == 3
     records = AttemptLedger(root, "r", "n").records()

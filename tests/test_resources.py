@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from attempt_ledger import CACHE_SIZE, AttemptLedger, ReceiptEvent, append_receipts, read_last_seq
-from attempt_ledger._codec import encode_record
-from attempt_ledger._records import ReceiptRecord
+from benchmarks.scenarios import fill
 
 
 def _many_ledgers(root: Path, count: int, results: Any) -> None:
@@ -41,22 +40,9 @@ def test_module_functions_keep_a_bounded_number_of_descriptors(tmp_path: Path) -
     assert value <= 2 * CACHE_SIZE
 
 
-def write_ledger(path: Path, size: int) -> int:
-    """Write a valid ledger of about ``size`` bytes quickly; return its last seq."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = encode_record(ReceiptRecord(1, "run", "node", 1, "s", 10**9, 0, "e", {"k": "v" * 150}))
-    head, tail = line.split(b"1000000000", 1)
-    seq = 0
-    with path.open("wb") as f:
-        while f.tell() < size:
-            f.write(b"".join(head + b"%d" % s + tail for s in range(seq + 1, seq + 5001)))
-            seq += 5000
-    return seq
-
-
 def check_streaming_memory(tmp_path: Path, size: int) -> None:
     ledger = AttemptLedger(tmp_path, "run", "node")
-    last = write_ledger(ledger.path, size)
+    last = fill(ledger.path, size)
     tracemalloc.start()
     try:
         count = seen = 0
