@@ -85,6 +85,8 @@ class AttemptLedger:
         :class:`LockTimeout`; ``None`` (default) waits as long as it takes, blocking in the kernel.
     :param durable: fsync the ledger after every append, and its directory (and the root's, for a
         new run directory) when a file or directory is created.
+    :raises TypeError: if ``run_id`` or ``node_id`` is not a ``str``.
+    :raises ValueError: if ``lock_timeout`` is negative.
     """
 
     root: Path = attrs.field(converter=Path)

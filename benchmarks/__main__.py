@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     say("2. contention")
     results["contention"] = scenarios.contention_matrix(
-        ["ledger", "floor", "filelock", "sqlite"], [1, 2, 4, 8], 40 if q else 3000, 1 if q else 3
+        ["ledger", "floor", "filelock", "sqlite"], [1, 2, 4, 8], 40 if q else 3000, 1 if q else 5
     )
     say("3. ledger size")
     sizes = [0, 1 << 20] if q else [0, 10 << 20, 100 << 20, 1 << 30]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import random
 import shutil
@@ -246,7 +245,8 @@ def _one_size(size: int, calls: int, with_seed: bool) -> dict[str, Any]:
         empty.close()
         if with_seed:
             seed = CONTENDERS["seed"](root)
-            os.replace(path, seed.path)  # type: ignore[attr-defined]
+            path.unlink()
+            fill(seed.path, size)  # type: ignore[attr-defined]
             seed_calls = 5  # few, so the file stays at its size: each append reads all of it
             row["seed_append"] = stats(time_calls(lambda: seed.append(events(1)), seed_calls))
     return row
