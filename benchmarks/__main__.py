@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     say("1. one process")
     results["single"] = {
-        str(batch): scenarios.single_process(ALL, batch, calls, 3 if q else 7)
+        str(batch): scenarios.single_process(ALL, batch, calls, 3 if q else 40)
         for batch, calls in (
-            (1, 50 if q else 4000),
-            (10, 20 if q else 1000),
-            (100, 5 if q else 150),
+            (1, 50 if q else 400),
+            (10, 20 if q else 100),
+            (100, 5 if q else 15),
         )
     }
     say("2. contention")
