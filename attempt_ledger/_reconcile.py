@@ -3,11 +3,13 @@ following a ledger as it grows."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ._errors import LedgerIOError
 from ._reader import iter_decoded, read_last_seq
 from ._records import ReceiptRecord, ReconcileSummary
 
@@ -76,7 +78,7 @@ def follow(
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
     deadline = None if timeout is None else clock() + timeout
-    last, offset = since_seq, 0
+    last, offset = since_seq, _start_offset(path, since_seq)
     while True:
         for record, _, end in iter_decoded(path, offset):
             offset = end
@@ -98,3 +100,23 @@ def follow(
             sleep=sleep,
             stop=stop,
         )
+
+
+def _start_offset(path: Path, since_seq: int) -> int:
+    # Following from the last seq on (``tail -f``) need not read a big ledger from the front:
+    # when nothing in the file is past ``since_seq``, start at its end. The size is taken
+    # before the last seq, so a record appended in between is still read; and only a file that
+    # ends in a newline qualifies, so reading starts at a line's start.
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                return 0
+    except FileNotFoundError:
+        return 0
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "read the ledger", error) from error
+    return size if read_last_seq(path) <= since_seq else 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import attempt_ledger._reconcile as reconcile_module
 from attempt_ledger import (
     AttemptLedger,
     ReceiptEvent,
@@ -53,6 +54,33 @@ def test_follow_skips_junk_and_survives_a_torn_line(root: Path) -> None:
     clock = FakeClock(on_sleep)
     seqs = [r.seq for r in ledger.follow(timeout=0.5, clock=clock, sleep=clock.sleep)]
     assert seqs == [1, 2, 3]
+
+
+def test_following_from_the_last_seq_skips_reading_the_old_records(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 5)
+    size = ledger.path.stat().st_size
+    offsets: list[int] = []
+    real = reconcile_module.iter_decoded
+
+    def spy(path: Path, offset: int = 0) -> object:
+        offsets.append(offset)
+        return real(path, offset)
+
+    monkeypatch.setattr(reconcile_module, "iter_decoded", spy)
+    clock = FakeClock(lambda: ledger.append(1, "s", EV) if len(offsets) == 1 else None)
+    seqs = [r.seq for r in ledger.follow(since_seq=5, timeout=0.2, clock=clock, sleep=clock.sleep)]
+    assert seqs == [6]
+    assert offsets[0] == size
+    # Behind the last seq, or with a torn last line, it reads from the front.
+    offsets.clear()
+    list(ledger.follow(since_seq=3, timeout=0, clock=clock, sleep=clock.sleep))
+    with ledger.path.open("ab") as f:
+        f.write(b"torn")
+    list(ledger.follow(since_seq=6, timeout=0, clock=clock, sleep=clock.sleep))
+    assert offsets == [0, 0]
 
 
 def test_follow_stops_when_the_event_is_set(root: Path) -> None:
