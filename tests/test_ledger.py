@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pickle
@@ -14,7 +13,6 @@ import attempt_ledger._ledger as ledger_module
 from attempt_ledger import (
     AttemptLedger,
     InvalidEvent,
-    LedgerIOError,
     LockTimeout,
     ReceiptEvent,
     SeqExhausted,
@@ -338,84 +336,6 @@ def test_removed_run_directory_is_recreated(root: Path) -> None:
     ledger.lock_path.unlink()
     ledger.path.parent.rmdir()
     assert ledger.append(1, "s", EV).seq == 1
-
-
-# -- durability and failures --------------------------------------------------------------------
-
-
-def test_durable_mode_fsyncs_file_and_new_directories(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
-    ledger = AttemptLedger(root, "r", "n", durable=True)
-    ledger.append(1, "s", EV)
-    assert synced == [str(ledger.path.parent), str(root), str(ledger.path)]
-    synced.clear()
-    ledger.append(1, "s", EV * 3)
-    assert synced == [str(ledger.path)]
-    synced.clear()
-    AttemptLedger(root, "r", "other", durable=True).append(1, "s", EV)
-    assert synced == [str(ledger.path.parent), str(ledger.path.with_name("other.jsonl"))]
-
-
-def test_default_mode_never_fsyncs(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(ledger_module.os, "fsync", calls.append)
-    AttemptLedger(root, "r", "n").append(1, "s", EV * 2)
-    assert calls == []
-
-
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-def test_failed_write_is_rolled_back(
-    root: Path, monkeypatch: pytest.MonkeyPatch, code: int
-) -> None:
-    ledger = AttemptLedger(root, "r", "n")
-    ledger.append(1, "s", EV)
-    with ledger.path.open("ab") as f:
-        f.write(b"torn")
-    before = ledger.path.read_bytes()
-    real_write = os.write
-    calls = [0]
-
-    def short_then_fail(fd: int, data: bytes) -> int:
-        calls[0] += 1
-        if calls[0] == 1:
-            return real_write(fd, bytes(data[:7]))  # a short write...
-        raise OSError(code, os.strerror(code))  # ...and then the disk is full
-
-    monkeypatch.setattr(ledger_module.os, "write", short_then_fail)
-    with pytest.raises(LedgerIOError) as info:
-        ledger.append(1, "s", EV * 3)
-    monkeypatch.undo()
-    assert info.value.errno == code
-    assert info.value.path == ledger.path
-    assert isinstance(info.value.__cause__, OSError)
-    assert ledger.path.read_bytes() == before
-    # The lock was released and the cache forgotten: another ledger object appends at once.
-    assert AttemptLedger(root, "r", "n", lock_timeout=0).append(1, "s", EV).seq == 2
-    assert ledger.append(1, "s", EV).seq == 3
-
-
-def test_failed_fsync_is_rolled_back(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ledger = AttemptLedger(root, "r", "n", durable=True)
-    ledger.append(1, "s", EV)
-    before = ledger.path.read_bytes()
-
-    def fail(fd: int) -> None:
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(ledger_module.os, "fsync", fail)
-    with pytest.raises(LedgerIOError) as info:
-        ledger.append(1, "s", EV)
-    assert info.value.errno == errno.EIO
-    assert ledger.path.read_bytes() == before
 
 
 # -- reading and the object itself --------------------------------------------------------------
