@@ -185,6 +185,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     seed_x = [max(int(s), 1 << 16) for s in sizes if "seed_append" in sizes[s]]
     seed_y = [sizes[s]["seed_append"]["median"] for s in sizes if "seed_append" in sizes[s]]
     left.plot(seed_x, seed_y, marker="o", label="seed algorithm append")
+    beyond = [int(s) for s in sizes if "seed_append" not in sizes[s]]
+    if beyond and seed_x:
+        left.plot(
+            [seed_x[-1], *beyond],
+            [seed_y[-1], *(_extrapolate(results, size) for size in beyond)],
+            linestyle="--",
+            color=left.lines[-1].get_color(),
+            label="seed algorithm (extrapolated)",
+        )
     left.set(
         xscale="log",
         yscale="log",
