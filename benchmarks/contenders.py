@@ -134,10 +134,13 @@ class Floor(Contender):
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.seq = 0
 
-    def append(self, events: list[ReceiptEvent]) -> int:
-        data = b"".join(
+    def encode(self, events: list[ReceiptEvent]) -> bytes:
+        return b"".join(
             record_line(self.seq + i, 1, e.event_type, e.payload) for i, e in enumerate(events, 1)
         )
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        data = self.encode(events)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         os.write(self.fd, data)
         if self.durable:
@@ -162,21 +165,15 @@ class BareFloor(Floor):
     spliced in, so only ``flock`` and ``write`` are left."""
 
     name = "bare floor (flock + write, pre-encoded)"
+    template: tuple[bytes, bytes] | None = None
 
-    def append(self, events: list[ReceiptEvent]) -> int:
-        head, tail = getattr(self, "template", (None, None))
-        if head is None:
+    def encode(self, events: list[ReceiptEvent]) -> bytes:
+        if self.template is None:  # every event of the benchmark is the same
             line = record_line(10**9, 1, events[0].event_type, events[0].payload)
             head, tail = line.split(b"1000000000", 1)
             self.template = (head, tail)
-        data = b"".join(b"%s%d%s" % (head, self.seq + i, tail) for i in range(1, len(events) + 1))
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        os.write(self.fd, data)
-        if self.durable:
-            os.fsync(self.fd)
-        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
-        self.seq += len(events)
-        return self.seq
+        head, tail = self.template
+        return b"".join(b"%s%d%s" % (head, self.seq + i, tail) for i in range(1, len(events) + 1))
 
 
 class Seed(Contender):

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import attempt_ledger._locking as locking_module
@@ -81,129 +82,57 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-# Each step: (name, module, function, predicate on the call's args, errno, fresh ledger object?,
-# torn tail?, durable?, partial write?)
+def _on_ledger(fd: int, *_: object) -> bool:
+    return _fd_path(fd).endswith("node.jsonl")
+
+
+@attrs.frozen
+class Step:
+    """One system call of an append made to fail, and the state the append starts from."""
+
+    name: str
+    module: Any
+    function: str
+    when: Callable[..., bool]
+    code: int
+    fresh: bool = False  # a new ledger object, so nothing is open or cached yet
+    torn: bool = False  # the ledger ends in a torn line, so the append writes a seal
+    durable: bool = False
+    partial: bool = False  # the first write is short, the next one fails
+
+
 STEPS = [
-    (
+    Step(
         "open the ledger",
         os,
         "open",
         lambda p, *a: str(p).endswith("node.jsonl"),
         errno.EACCES,
-        True,
-        False,
-        False,
-        False,
+        fresh=True,
     ),
-    (
+    Step(
         "open the lock file",
         os,
         "open",
         lambda p, *a: str(p).endswith(".lock"),
         errno.EMFILE,
-        True,
-        False,
-        False,
-        False,
+        fresh=True,
     ),
-    (
-        "take the lock",
-        locking_module,
-        "lock_descriptor",
-        lambda *a: True,
-        errno.ENOLCK,
-        False,
-        False,
-        False,
-        False,
-    ),
-    (
-        "stat the ledger",
-        os,
-        "fstat",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.EIO,
-        False,
-        False,
-        False,
-        False,
-    ),
-    (
-        "read the tail",
-        os,
-        "pread",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.EIO,
-        True,
-        False,
-        False,
-        False,
-    ),
-    (
-        "seal write",
-        os,
-        "write",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.ENOSPC,
-        False,
-        True,
-        False,
-        False,
-    ),
-    (
-        "short write, ENOSPC",
-        os,
-        "write",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.ENOSPC,
-        False,
-        True,
-        False,
-        True,
-    ),
-    (
-        "short write, EIO",
-        os,
-        "write",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.EIO,
-        False,
-        False,
-        False,
-        True,
-    ),
-    (
-        "fsync",
-        os,
-        "fsync",
-        lambda fd, *a: _fd_path(fd).endswith("node.jsonl"),
-        errno.EIO,
-        False,
-        False,
-        True,
-        False,
-    ),
+    Step("take the lock", locking_module, "lock_descriptor", lambda *a: True, errno.ENOLCK),
+    Step("stat the ledger", os, "fstat", _on_ledger, errno.EIO),
+    Step("read the tail", os, "pread", _on_ledger, errno.EIO, fresh=True),
+    Step("seal write", os, "write", _on_ledger, errno.ENOSPC, torn=True),
+    Step("short write, ENOSPC", os, "write", _on_ledger, errno.ENOSPC, torn=True, partial=True),
+    Step("short write, EIO", os, "write", _on_ledger, errno.EIO, partial=True),
+    Step("fsync", os, "fsync", _on_ledger, errno.EIO, durable=True),
 ]
 
 
-@pytest.mark.parametrize(
-    ("step", "module", "name", "when", "code", "fresh", "torn", "durable", "partial"),
-    STEPS,
-    ids=[s[0] for s in STEPS],
-)
+@pytest.mark.parametrize("step", STEPS, ids=[step.name for step in STEPS])
 def test_failing_step_leaves_everything_as_it_was(
-    monkeypatch: pytest.MonkeyPatch,
-    root: Path,
-    step: str,
-    module: Any,
-    name: str,
-    when: Callable[..., bool],
-    code: int,
-    fresh: bool,
-    torn: bool,
-    durable: bool,
-    partial: bool,
+    monkeypatch: pytest.MonkeyPatch, root: Path, step: Step
 ) -> None:
+    fresh, torn, durable, code = step.fresh, step.torn, step.durable, step.code
     seeded = AttemptLedger(root, "run", "node")
     seeded.append(1, "s", EV * 2)
     seeded.close()
@@ -218,7 +147,7 @@ def test_failing_step_leaves_everything_as_it_was(
         ledger._lock.release()
         ledger._ledger_fd()
     fds = open_fds()
-    with failing(monkeypatch, module, name, when, code, partial) as hits:
+    with failing(monkeypatch, step.module, step.function, step.when, code, step.partial) as hits:
         for _ in range(1000):
             target = AttemptLedger(root, "run", "node", durable=durable) if fresh else ledger
             with pytest.raises(LedgerIOError) as info:
@@ -232,8 +161,8 @@ def test_failing_step_leaves_everything_as_it_was(
     assert error.__cause__.errno == code
     assert error.path in (ledger.path, ledger.lock_path)
     assert str(error.path) in str(error)
-    assert seeded.path.read_bytes() == before, f"{step} changed the ledger"
-    assert open_fds() <= fds, f"{step} leaked descriptors"  # a failed lock fd is closed
+    assert seeded.path.read_bytes() == before, f"{step.name} changed the ledger"
+    assert open_fds() <= fds, f"{step.name} leaked descriptors"  # a failed lock fd is closed
     # The lock is free: another process appends without waiting, then this object goes on.
     assert another_process_appends(root) == 3
     assert ledger.append(1, "s", EV).seq == 4
@@ -255,9 +184,8 @@ def test_failed_rollback_is_reported_with_both_causes(
 ) -> None:
     ledger = AttemptLedger(root, "run", "node")
     ledger.append(1, "s", EV)
-    is_ledger = lambda fd, *a: _fd_path(fd).endswith("node.jsonl")  # noqa: E731
     with (
-        failing(monkeypatch, os, "write", is_ledger, errno.EIO, partial=True),
+        failing(monkeypatch, os, "write", _on_ledger, errno.EIO, partial=True),
         failing(monkeypatch, os, "ftruncate", lambda *a: True, errno.EROFS),
         pytest.raises(LedgerIOError) as info,
     ):
