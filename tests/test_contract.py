@@ -1,0 +1,208 @@
+"""One contract, two backends: the file ledger and the PostgreSQL ledger behave alike.
+
+The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as under
+``scripts/with-postgres`` (which ``.ci/run`` uses); otherwise it is skipped, and says so.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attempt_ledger import (
+    AttemptLedger,
+    InvalidEvent,
+    ReceiptEvent,
+    SeqConflict,
+    SeqExhausted,
+    encode_record,
+)
+
+EV = [ReceiptEvent("e", {"k": [1, "é"]})]
+DSN = os.environ.get("ATTEMPT_LEDGER_PG_DSN")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    if not DSN:
+        pytest.skip("no PostgreSQL: run under scripts/with-postgres (as .ci/run does)")
+    from attempt_ledger.postgres import migrate
+
+    migrate(DSN)
+    assert migrate(DSN) == 1  # idempotent
+    return DSN
+
+
+Factory = Callable[[str, str], Any]
+
+
+@pytest.fixture(params=["file", "postgres"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    opened: list[Any] = []
+    prefix = uuid.uuid4().hex  # a fresh namespace of runs in the shared database
+
+    def factory(run_id: str, node_id: str) -> Any:
+        if request.param == "file":
+            ledger: Any = AttemptLedger(tmp_path, run_id, node_id)
+        else:
+            from attempt_ledger.postgres import PostgresLedger
+
+            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), f"{prefix}{run_id}", node_id)
+        opened.append(ledger)
+        return ledger
+
+    yield factory
+    for ledger in opened:
+        ledger.close()
+
+
+def test_append_read_and_last_seq(make: Factory) -> None:
+    ledger = make("run/1", "node:a")
+    assert (ledger.last_seq(), ledger.records()) == (0, [])
+    first = ledger.append(1, "s", EV * 2)
+    assert (first.seq, first.record_count) == (2, 2)
+    assert ledger.append(2, "t", [ReceiptEvent(" x ")]).seq == 3
+    records = ledger.records()
+    assert [(r.seq, r.attempt, r.session_id, r.event_type) for r in records] == [
+        (1, 1, "s", "e"),
+        (2, 1, "s", "e"),
+        (3, 2, "t", "x"),
+    ]
+    assert [r.seq for r in ledger.iter_records(since_seq=1)] == [2, 3]
+    assert ledger.last_seq() == 3
+
+
+def test_records_encode_to_the_same_bytes_on_both_backends(make: Factory) -> None:
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV)
+    (record,) = ledger.records()
+    assert encode_record(record).startswith(b'{"version":1,"run_id":')
+    assert b'"payload":{"k":[1,"\xc3\xa9"]}}\n' in encode_record(record)
+
+
+def test_empty_batch_and_expected_last_seq(make: Factory) -> None:
+    ledger = make("r", "n")
+    assert (ledger.append(1, "s", []).seq, ledger.last_seq()) == (0, 0)
+    assert ledger.append(1, "s", EV, expected_last_seq=0).seq == 1
+    with pytest.raises(SeqConflict) as info:
+        ledger.append(1, "s", EV, expected_last_seq=0)
+    assert (info.value.expected, info.value.actual) == (0, 1)
+    assert ledger.last_seq() == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"attempt": True},
+        {"attempt": 2**32},
+        {"session_id": 5},
+        {"events": [*EV, ReceiptEvent("e", float("nan"))]},
+        {"events": [ReceiptEvent("e", {1: 2})]},
+    ],
+)
+def test_bad_input_writes_nothing(make: Factory, args: dict[str, Any]) -> None:
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV)
+    with pytest.raises(InvalidEvent):
+        ledger.append(**{"attempt": 1, "session_id": "s", "events": EV, **args})
+    assert [r.seq for r in ledger.records()] == [1]
+
+
+def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV)
+    if isinstance(ledger, AttemptLedger):
+        with ledger.path.open("ab") as f:
+            f.write(b'{"seq":18446744073709551614}\n')
+    else:
+        ledger._connection().execute(
+            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE run_id = %s AND node_id = %s",
+            (2**64 - 2, ledger.run_id, ledger.node_id),
+        )
+    with pytest.raises(SeqExhausted):
+        ledger.append(1, "s", EV * 2)
+    assert ledger.append(1, "s", EV).seq == 2**64 - 1
+
+
+def test_ids_are_raw_on_postgres(pg_dsn: str) -> None:
+    from attempt_ledger.postgres import PostgresLedger
+
+    prefix = uuid.uuid4().hex
+    with (
+        PostgresLedger(pg_dsn, f"{prefix}a/b", "n") as one,
+        PostgresLedger(pg_dsn, f"{prefix}a:b", "n") as other,
+    ):
+        one.append(1, "s", EV)
+        assert other.last_seq() == 0  # sanitised alike on disk, distinct here
+
+
+def _append_many(dsn: str, run_id: str, worker: int, count: int, out: Any) -> None:
+    from attempt_ledger.postgres import PostgresLedger
+
+    with PostgresLedger(dsn, run_id, "n") as ledger:
+        out.put([ledger.append(worker, f"w{worker}", EV).seq for _ in range(count)])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_processes_get_exact_seqs_on_postgres(pg_dsn: str, method: str) -> None:
+    from attempt_ledger.postgres import PostgresLedger
+
+    ctx = multiprocessing.get_context(method)
+    run_id, out = uuid.uuid4().hex, ctx.Queue()
+    children = [
+        ctx.Process(target=_append_many, args=(pg_dsn, run_id, w, 100, out)) for w in range(4)
+    ]
+    for child in children:
+        child.start()
+    try:
+        acknowledged = sorted(seq for _ in children for seq in out.get(timeout=60))
+    finally:
+        for child in children:
+            child.join(timeout=60)
+            if child.is_alive():
+                child.kill()
+    assert acknowledged == list(range(1, 401))
+    with PostgresLedger(pg_dsn, run_id, "n") as ledger:
+        assert [r.seq for r in ledger.records()] == acknowledged
+
+
+def _append_after(dsn: str, run_id: str, started: Any) -> None:
+    from attempt_ledger.postgres import PostgresLedger
+
+    assert started.wait(timeout=60)
+    with PostgresLedger(dsn, run_id, "n") as ledger:
+        ledger.append(1, "s", EV)
+
+
+def test_reconcile_wakes_on_notify(pg_dsn: str) -> None:
+    from attempt_ledger.postgres import PostgresLedger
+
+    run_id = uuid.uuid4().hex
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_append_after, args=(pg_dsn, run_id, started))
+    child.start()
+    clock_calls: list[float] = []
+
+    def clock() -> float:
+        import time
+
+        if len(clock_calls) == 1:
+            started.set()  # the first read is done: let the other process append
+        clock_calls.append(time.monotonic())
+        return clock_calls[-1]
+
+    try:
+        with PostgresLedger(pg_dsn, run_id, "n") as ledger:
+            # An hour-long poll interval: only the notification can end the wait in time.
+            summary = ledger.reconcile(1, 60_000, 3_600_000, clock=clock)
+    finally:
+        child.join(timeout=60)
+    assert summary.found
+    assert summary.attempts == 2
