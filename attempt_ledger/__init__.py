@@ -32,6 +32,7 @@ from ._paths import (
     receipts_root_for_state_dir,
     sanitize_segment,
 )
+from ._protocol import Ledger
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
     AppendSummary,
@@ -55,6 +56,7 @@ __all__ = [
     "AttemptLedger",
     "InvalidEvent",
     "JSONValue",
+    "Ledger",
     "LedgerError",
     "LedgerIOError",
     "LockTimeout",

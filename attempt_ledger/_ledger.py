@@ -23,6 +23,7 @@ from ._codec import (
 from ._errors import InvalidEvent, LedgerIOError, SeqConflict, SeqExhausted
 from ._locking import SidecarLock
 from ._paths import lock_path_for, receipts_path
+from ._protocol import Ledger
 from ._reader import iter_records, read_last_seq, tail_state
 from ._reconcile import follow, reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
@@ -367,3 +368,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)[written:]
         while view:
             view = view[os.write(fd, view) :]
+
+
+def _conforms(ledger: AttemptLedger) -> Ledger:
+    return ledger  # mypy checks that AttemptLedger satisfies the protocol

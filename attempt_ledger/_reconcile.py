@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ._errors import LedgerIOError
@@ -77,12 +77,46 @@ def follow(
 
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
-    deadline = None if timeout is None else clock() + timeout
-    last, offset = since_seq, _start_offset(path, since_seq)
-    while True:
-        for record, _, end in iter_decoded(path, offset):
+    offset = _start_offset(path, since_seq)
+
+    def read_after(_: int) -> Iterator[ReceiptRecord]:
+        # Records past the bytes already read; ``follow_with`` drops seqs it has yielded.
+        nonlocal offset
+        for record, _line, end in iter_decoded(path, offset):
             offset = end
-            if record is not None and record.seq > last:
+            if record is not None:
+                yield record
+
+    return follow_with(
+        read_after,
+        lambda: read_last_seq(path),
+        since_seq,
+        poll_interval=poll_interval,
+        stop=stop,
+        timeout=timeout,
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+def follow_with(
+    read_after: Callable[[int], Iterable[ReceiptRecord]],
+    read_seq: Callable[[], int],
+    since_seq: int,
+    *,
+    poll_interval: float,
+    stop: threading.Event | None,
+    timeout: float | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Iterator[ReceiptRecord]:
+    """The loop behind every ``follow``: yield what ``read_after(last)`` returns past the last
+    seq yielded, then wait with :func:`reconcile` on ``read_seq`` for the next one."""
+    deadline = None if timeout is None else clock() + timeout
+    last = since_seq
+    while True:
+        for record in read_after(last):
+            if record.seq > last:
                 last = record.seq
                 yield record
         remaining = 3600.0 if deadline is None else deadline - clock()
@@ -92,7 +126,7 @@ def follow(
         wait_ms = max(1, round(min(remaining, 3600.0) * 1000))
         poll_ms = max(1, round(poll_interval * 1000))
         reconcile(
-            lambda: read_last_seq(path),
+            read_seq,
             last + 1,
             wait_ms,
             poll_ms,

@@ -11,7 +11,9 @@ at once instead of at its next poll.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,7 +30,8 @@ from ._codec import (
     encode_head,
 )
 from ._errors import InvalidEvent, LedgerError, SeqConflict, SeqExhausted
-from ._reconcile import reconcile
+from ._protocol import Ledger
+from ._reconcile import follow_with, reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
 #: The schema version :func:`migrate` creates.
@@ -85,22 +88,37 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
 class PostgresLedger:
     """The receipt ledger of one (run, node) in a PostgreSQL database.
 
-    :param conninfo: a connection string (the ledger opens and owns its connections, and
-        reopens them in a fork child), or a ``psycopg.Connection`` the caller owns (used as is,
-        never closed; it must be in autocommit mode and must not cross a fork).
+    :param conninfo: a connection string (the ledger opens and owns one connection, and
+        reopens it after a failure or in a fork child); a ``psycopg.Connection`` the caller owns
+        (used as is, never closed; it must be in autocommit mode and must not cross a fork); or
+        a connection pool (anything with psycopg_pool's ``connection()`` context manager: a
+        connection is borrowed per operation and given back, also on errors).
     :raises TypeError: if ``run_id`` or ``node_id`` is not a ``str``.
     """
 
-    def __init__(self, conninfo: str | psycopg.Connection[Any], run_id: str, node_id: str) -> None:
+    def __init__(
+        self, conninfo: str | psycopg.Connection[Any] | Any, run_id: str, node_id: str
+    ) -> None:
         for name, value in (("run_id", run_id), ("node_id", node_id)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be str, not {type(value).__name__}")
         self.run_id, self.node_id = run_id, node_id
         self._conninfo = conninfo if isinstance(conninfo, str) else None
-        self._conn: psycopg.Connection[Any] | None = None if self._conninfo else conninfo  # type: ignore[assignment]
+        self._pool = None if isinstance(conninfo, (str, psycopg.Connection)) else conninfo
+        self._conn: psycopg.Connection[Any] | None = (
+            conninfo if isinstance(conninfo, psycopg.Connection) else None
+        )
         self._pid = os.getpid()
         #: Names the ledger in errors: ``postgres:/<run_id>/<node_id>``.
         self.path = Path("postgres:") / run_id / node_id
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._pool is not None:
+            with self._pool.connection() as conn:
+                yield conn
+        else:
+            yield self._connection()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conninfo is not None and (self._conn is None or self._pid != os.getpid()):
@@ -159,12 +177,11 @@ class PostgresLedger:
         return self._append(batch, expected_last_seq)
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
-        conn = self._connection()
         key = (self.run_id, self.node_id)
         count = len(batch.tails)
         committing = False
         try:
-            with conn.transaction():
+            with self._use() as conn, conn.transaction():
                 conn.execute(
                     "INSERT INTO attempt_ledger_heads VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
                     key,
@@ -207,10 +224,10 @@ class PostgresLedger:
 
         :raises LedgerConnectionError: if the connection fails.
         """
-        row = self._query(
+        rows = self._query(
             "SELECT last_seq FROM attempt_ledger_heads WHERE run_id = %s AND node_id = %s"
-        ).fetchone()
-        return int(row[0]) if row else 0
+        )
+        return int(rows[0][0]) if rows else 0
 
     def records(self) -> list[ReceiptRecord]:
         """Return every record, in seq order.
@@ -230,7 +247,7 @@ class PostgresLedger:
                 "SELECT seq, line FROM attempt_ledger_receipts WHERE run_id = %s AND node_id = %s"
                 " AND seq > %s ORDER BY seq LIMIT 1000",
                 (last,),
-            ).fetchall()
+            )
             for seq, line in rows:
                 record = decode_record(bytes(line))
                 if record is not None:
@@ -239,9 +256,10 @@ class PostgresLedger:
             if len(rows) < 1000:
                 return
 
-    def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> psycopg.Cursor[Any]:
+    def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> list[Any]:
         try:
-            return self._connection().execute(sql, (self.run_id, self.node_id, *extra))
+            with self._use() as conn:
+                return conn.execute(sql, (self.run_id, self.node_id, *extra)).fetchall()
         except psycopg.OperationalError as error:
             self.close()
             raise LedgerConnectionError(self.path, str(error), None) from error
@@ -260,13 +278,7 @@ class PostgresLedger:
 
         :raises LedgerConnectionError: if the connection fails.
         """
-        listener = self._listener()
-
-        def wait(seconds: float) -> None:
-            for _ in listener.notifies(timeout=seconds, stop_after=1):
-                pass
-
-        try:
+        with self._listening() as wait:
             return reconcile(
                 self.last_seq,
                 expected_min_seq,
@@ -275,16 +287,59 @@ class PostgresLedger:
                 clock=clock,
                 sleep=wait,
             )
-        except psycopg.OperationalError as error:
-            raise LedgerConnectionError(self.path, str(error), None) from error
-        finally:
-            listener.close()
 
-    def _listener(self) -> psycopg.Connection[Any]:
-        conninfo = self._conninfo or self._connection().info.dsn
+    def follow(
+        self,
+        since_seq: int = 0,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | None = None,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Iterator[ReceiptRecord]:
+        """Yield the records with ``seq > since_seq``, then each new one as it is committed, as
+        :meth:`AttemptLedger.follow`; woken by notifications, ``stop`` is seen within one
+        ``poll_interval``.
+
+        :raises LedgerConnectionError: if the connection fails.
+        """
+        with self._listening() as wait:
+            yield from follow_with(
+                self.iter_records,
+                self.last_seq,
+                since_seq,
+                poll_interval=poll_interval,
+                stop=stop,
+                timeout=timeout,
+                clock=clock,
+                sleep=wait,
+            )
+
+    @contextlib.contextmanager
+    def _listening(self) -> Iterator[Callable[[float], None]]:
+        # LISTEN before the first read, so that no commit after it goes unnoticed.
+        if self._conninfo is not None:
+            conninfo = self._conninfo
+        else:
+            with self._use() as conn:
+                conninfo = conn.info.dsn  # without the password: see the README
         try:
             listener = psycopg.connect(conninfo, autocommit=True)
             listener.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as error:
             raise LedgerConnectionError(self.path, f"cannot listen: {error}", None) from error
-        return listener
+
+        def wait(seconds: float) -> None:
+            for _ in listener.notifies(timeout=seconds, stop_after=1):
+                pass
+
+        try:
+            yield wait
+        except psycopg.OperationalError as error:
+            raise LedgerConnectionError(self.path, str(error), None) from error
+        finally:
+            listener.close()
+
+
+def _conforms(ledger: PostgresLedger) -> Ledger:
+    return ledger  # mypy checks that PostgresLedger satisfies the protocol

@@ -35,3 +35,15 @@ def _fresh_cache() -> object:
     # The module-level functions keep ledgers open; tests must not see each other's.
     yield
     attempt_ledger.clear_cache()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """A migrated database from ``$ATTEMPT_LEDGER_PG_DSN`` (see scripts/with-postgres)."""
+    dsn = os.environ.get("ATTEMPT_LEDGER_PG_DSN")
+    if not dsn:
+        pytest.skip("no PostgreSQL: run under scripts/with-postgres (as .ci/run does)")
+    from attempt_ledger.postgres import migrate
+
+    assert migrate(dsn) == migrate(dsn) == 1  # idempotent
+    return dsn

@@ -7,7 +7,6 @@ The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as unde
 from __future__ import annotations
 
 import multiprocessing
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,18 +24,6 @@ from attempt_ledger import (
 )
 
 EV = [ReceiptEvent("e", {"k": [1, "é"]})]
-DSN = os.environ.get("ATTEMPT_LEDGER_PG_DSN")
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    if not DSN:
-        pytest.skip("no PostgreSQL: run under scripts/with-postgres (as .ci/run does)")
-    from attempt_ledger.postgres import migrate
-
-    migrate(DSN)
-    assert migrate(DSN) == 1  # idempotent
-    return DSN
 
 
 Factory = Callable[[str, str], Any]
@@ -206,3 +193,24 @@ def test_reconcile_wakes_on_notify(pg_dsn: str) -> None:
         child.join(timeout=60)
     assert summary.found
     assert summary.attempts == 2
+
+
+def test_follow_sees_new_records(make: Factory) -> None:
+    import threading
+
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV * 3)
+    # On PostgreSQL an hour-long poll: only the commit's notification can wake it in time.
+    poll = 0.01 if isinstance(ledger, AttemptLedger) else 3600.0
+    stop, seen, writers = threading.Event(), [], []
+    for record in ledger.follow(since_seq=1, poll_interval=poll, stop=stop, timeout=60):
+        seen.append(record.seq)
+        if record.seq == 3:
+            writer = threading.Thread(target=lambda: make("r", "n").append(1, "s", EV))
+            writer.start()
+            writers.append(writer)
+        if record.seq == 4:
+            stop.set()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert seen == [2, 3, 4]
