@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,6 +27,10 @@ USAGE, FAILURE = 2, 3
 
 class _UsageError(Exception):
     """Bad arguments or input: one line on stderr, exit 2."""
+
+
+class _Failure(Exception):
+    """An error outside the ledger (the database): one line on stderr, exit 3."""
 
 
 def _ledger_args(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     verify = add("verify", help="check ledgers line by line; exit 0 clean, 1 problems")
     verify.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
     verify.add_argument("--all", action="store_true", help="every ledger under the root")
+
+    dsn_help = "PostgreSQL connection string (default: $ATTEMPT_LEDGER_PG_DSN)"
+    migrate = add("pg-migrate", help="create the PostgreSQL tables (idempotent)")
+    migrate.add_argument("--dsn", help=dsn_help)
+    for name, what in (
+        ("to-postgres", "copy file ledgers into PostgreSQL, line for line"),
+        ("from-postgres", "write PostgreSQL ledgers out as files, line for line"),
+    ):
+        copy = add(name, help=what)
+        copy.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
+        copy.add_argument("--all", action="store_true", help="every ledger")
+        copy.add_argument("--dsn", help=dsn_help)
     return parser
 
 
@@ -98,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"attempt-ledger: {error}", file=sys.stderr)
         return USAGE
-    except LedgerError as error:
+    except (LedgerError, _Failure) as error:
         print(f"attempt-ledger: {error}", file=sys.stderr)
         return FAILURE
     except BrokenPipeError:  # `attempt-ledger show ... | head`
@@ -228,12 +245,11 @@ def _verify(args: argparse.Namespace, root: Path) -> int:
     from ._paths import receipts_path, sanitize_segment
     from ._verify import verify_ledger, verify_root
 
-    if args.all == bool(args.ids) or (args.ids and len(args.ids) != 2):
-        raise _UsageError("verify takes RUN NODE, or --all")
-    if args.all:
+    ids = _one_or_all(args)
+    if ids is None:
         problems = verify_root(root)
     else:
-        run, node = args.ids
+        run, node = ids
         path = receipts_path(root, run, node)
         if not path.is_file():
             raise _UsageError(f"{path}: no such ledger")
@@ -246,6 +262,61 @@ def _verify(args: argparse.Namespace, root: Path) -> int:
     return 1 if found else 0
 
 
+def _postgres(args: argparse.Namespace) -> tuple[Any, str]:
+    dsn = args.dsn or os.environ.get("ATTEMPT_LEDGER_PG_DSN")
+    if not dsn:
+        raise _UsageError("no database: give --dsn or set $ATTEMPT_LEDGER_PG_DSN")
+    try:
+        from . import postgres
+    except ImportError:
+        raise _UsageError(
+            "PostgreSQL support needs: pip install 'attempt_ledger[postgres]'"
+        ) from None
+    return postgres, dsn
+
+
+def _one_or_all(args: argparse.Namespace) -> list[str] | None:
+    if args.all == bool(args.ids) or (args.ids and len(args.ids) != 2):
+        raise _UsageError(f"{args.command} takes RUN NODE, or --all")
+    return None if args.all else list(args.ids)
+
+
+def _pg_migrate(args: argparse.Namespace, root: Path) -> int:
+    postgres, dsn = _postgres(args)
+    print(_json({"schema_version": _database(postgres.migrate, dsn)}))
+    return 0
+
+
+def _database(call: Any, *args: Any) -> Any:
+    import psycopg
+
+    try:
+        return call(*args)
+    except psycopg.Error as error:
+        raise _Failure(f"database: {str(error).strip()}") from None
+
+
+def _to_postgres(args: argparse.Namespace, root: Path) -> int:
+    from ._paths import iter_ledgers, receipts_path
+
+    postgres, dsn = _postgres(args)
+    ids = _one_or_all(args)
+    paths = [receipts_path(root, *ids)] if ids else [path for _, _, path in iter_ledgers(root)]
+    for path in paths:
+        run_id, node_id, count = _database(postgres.copy_to_postgres, path, dsn)
+        print(_json({"path": str(path), "run_id": run_id, "node_id": node_id, "records": count}))
+    return 0
+
+
+def _from_postgres(args: argparse.Namespace, root: Path) -> int:
+    postgres, dsn = _postgres(args)
+    ids = _one_or_all(args)
+    for run_id, node_id in [tuple(ids)] if ids else _database(postgres.ledger_ids, dsn):
+        path = _database(postgres.copy_from_postgres, dsn, run_id, node_id, root)
+        print(_json({"run_id": run_id, "node_id": node_id, "path": str(path)}))
+    return 0
+
+
 _COMMANDS = {
     "demo": _demo,
     "ls": _ls,
@@ -255,4 +326,7 @@ _COMMANDS = {
     "last-seq": _last_seq,
     "reconcile": _reconcile,
     "verify": _verify,
+    "pg-migrate": _pg_migrate,
+    "to-postgres": _to_postgres,
+    "from-postgres": _from_postgres,
 }

@@ -32,6 +32,18 @@ from ._codec import (
 from ._errors import InvalidEvent, LedgerError, SeqConflict, SeqExhausted
 from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
+from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
+
+__all__ = [
+    "CHANNEL",
+    "SCHEMA_VERSION",
+    "LedgerConnectionError",
+    "PostgresLedger",
+    "copy_from_postgres",
+    "copy_to_postgres",
+    "ledger_ids",
+    "migrate",
+]
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
 #: The schema version :func:`migrate` creates.
@@ -137,6 +149,13 @@ class PostgresLedger:
             self._conn.close()
         if self._conninfo is not None:
             self._conn = None
+
+    def __del__(self) -> None:
+        # Like a dropped file ledger's descriptors, a dropped ledger's own connection is closed.
+        conn = getattr(self, "_conn", None)  # getattr: __init__ may have raised early
+        owned = getattr(self, "_conninfo", None) is not None
+        if owned and conn is not None and getattr(self, "_pid", None) == os.getpid():
+            conn.close()
 
     def __enter__(self) -> PostgresLedger:
         return self

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from attempt_ledger import ReceiptEvent
+from attempt_ledger import AttemptLedger, LedgerError, ReceiptEvent
 
 psycopg = pytest.importorskip("psycopg")
-from attempt_ledger.postgres import LedgerConnectionError, PostgresLedger  # noqa: E402
+from attempt_ledger.postgres import (  # noqa: E402
+    LedgerConnectionError,
+    PostgresLedger,
+    copy_to_postgres,
+)
 
 EV = [ReceiptEvent("e", {"k": 1})]
 
@@ -175,3 +181,54 @@ def test_server_restart_loses_no_acknowledged_append(dsn: str, run_id: str) -> N
     assert set(acknowledged) <= set(stored)
     assert len(acknowledged) == len(set(acknowledged))
     assert len(stored) - len(acknowledged) <= unknown
+
+
+def test_round_trip_file_postgres_file_is_byte_identical(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    from .test_cli import run
+
+    source = AttemptLedger(tmp_path / "a", run_id, "node:1")
+    source.append(1, "s", [ReceiptEvent("e", {"é": [1.5, None, "x" * 300]}), ReceiptEvent("f")])
+    source.append(2, "t", EV)
+    with source.path.open("ab") as f:
+        f.write(b"junk, not copied\n")
+    env = {**os.environ, "ATTEMPT_LEDGER_PG_DSN": dsn}
+    done = run(tmp_path / "a", "to-postgres", "--all", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["records"] == 3
+    assert PostgresLedger(dsn, run_id, "node:1").last_seq() == 3
+    done = run(tmp_path / "b", "from-postgres", run_id, "node:1", env=env)
+    assert done.returncode == 0, done.stderr
+    copy = AttemptLedger(tmp_path / "b", run_id, "node:1").path
+    assert copy.read_bytes() == source.path.read_bytes().replace(b"junk, not copied\n", b"")
+    # Neither side is overwritten: a second copy is refused, and changes nothing.
+    again = run(tmp_path / "a", "to-postgres", "--all", env=env)
+    assert again.returncode == 3
+    assert "already has records" in again.stderr
+    back = run(tmp_path / "b", "from-postgres", run_id, "node:1", env=env)
+    assert back.returncode == 3
+    assert "not empty" in back.stderr
+    assert PostgresLedger(dsn, run_id, "node:1").last_seq() == 3
+
+
+def test_a_file_with_two_ledgers_records_is_refused(dsn: str, run_id: str, tmp_path: Path) -> None:
+    AttemptLedger(tmp_path, f"{run_id}/x", "n").append(1, "s", EV)
+    AttemptLedger(tmp_path, f"{run_id}:x", "n").append(1, "s", EV)  # the same file
+    path = AttemptLedger(tmp_path, f"{run_id}/x", "n").path
+    with pytest.raises(LedgerError, match="2 ledgers share this file"):
+        copy_to_postgres(path, dsn)
+    assert PostgresLedger(dsn, f"{run_id}/x", "n").last_seq() == 0
+
+
+def test_cli_without_a_database_says_so(tmp_path: Path) -> None:
+    from .test_cli import run
+
+    env = {k: v for k, v in os.environ.items() if k != "ATTEMPT_LEDGER_PG_DSN"}
+    done = run(tmp_path, "pg-migrate", env=env)
+    assert done.returncode == 2
+    assert "no database" in done.stderr
+    bad = run(tmp_path, "pg-migrate", "--dsn", "host=/nonexistent dbname=x", env=env)
+    assert bad.returncode == 3
+    assert bad.stderr.startswith("attempt-ledger: database:")
+    assert "Traceback" not in bad.stderr
