@@ -44,7 +44,7 @@ __all__ = [
     "ledger_ids",
     "migrate",
 ]
-from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
 #: The schema version :func:`migrate` creates.
 SCHEMA_VERSION = 1
@@ -58,6 +58,29 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS attempt_ledger_receipts (
         run_id text NOT NULL, node_id text NOT NULL, seq numeric(20, 0) NOT NULL,
         line bytea NOT NULL, PRIMARY KEY (run_id, node_id, seq))""",
+    # An append in one round trip: lock (creating if need be) the head row, check, insert the
+    # lines built from the client's encoded pieces and the seqs, move the head, notify.
+    """CREATE OR REPLACE FUNCTION attempt_ledger_append(
+        r text, n text, expected numeric, head bytea, middle bytea, tails bytea[], channel text,
+        OUT ok boolean, OUT last numeric) LANGUAGE plpgsql AS $$
+    DECLARE count integer := cardinality(tails);
+    BEGIN
+        INSERT INTO attempt_ledger_heads VALUES (r, n, 0) ON CONFLICT DO NOTHING;
+        SELECT h.last_seq INTO last FROM attempt_ledger_heads h
+            WHERE h.run_id = r AND h.node_id = n FOR UPDATE;
+        IF (expected IS NOT NULL AND expected <> last) OR last + count > 18446744073709551615
+        THEN
+            ok := false;
+            RETURN;
+        END IF;
+        INSERT INTO attempt_ledger_receipts
+            SELECT r, n, last + i, head || convert_to((last + i)::text, 'UTF8') || middle || tail
+            FROM unnest(tails) WITH ORDINALITY AS t(tail, i);
+        UPDATE attempt_ledger_heads h SET last_seq = last + count
+            WHERE h.run_id = r AND h.node_id = n;
+        PERFORM pg_notify(channel, r || E'\\n' || n);
+        ok := true;
+    END $$""",
 ]
 
 
@@ -74,6 +97,14 @@ class LedgerConnectionError(LedgerError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.reason, self.committed)
+
+
+def _rolled_back(error: psycopg.OperationalError) -> bool:
+    """Whether the server reported ``error`` while running the statement, so that it rolled
+    the statement back (a statement or lock timeout). A lost connection, or a backend
+    terminated by an administrator, may have come before or after the commit: unknown."""
+    state = error.sqlstate
+    return state is not None and not state.startswith("08") and state != "57P01"
 
 
 def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
@@ -200,42 +231,27 @@ class PostgresLedger:
         count = len(batch.tails)
         committing = False
         try:
-            with self._use() as conn, conn.transaction():
-                conn.execute(
-                    "INSERT INTO attempt_ledger_heads VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
-                    key,
-                )
+            with self._use() as conn:
+                # The batch's pieces go to the server, which numbers the lines under the head
+                # row's lock: one round trip, one implicit transaction.
+                middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
+                tails = [tail[:-1] for tail in batch.tails]  # stored without the newline
+                committing = True
                 row = conn.execute(
-                    "SELECT last_seq FROM attempt_ledger_heads"
-                    " WHERE run_id = %s AND node_id = %s FOR UPDATE",
-                    key,
+                    "SELECT ok, last FROM attempt_ledger_append(%s, %s, %s, %s, %s, %s, %s)",
+                    (*key, expected_last_seq, batch.head, middle, tails, CHANNEL),
                 ).fetchone()
-                last_seq = int(row[0]) if row else 0
-                if expected_last_seq is not None and expected_last_seq != last_seq:
-                    raise SeqConflict(self.path, expected_last_seq, last_seq)
-                if last_seq + count > U64_MAX:
-                    raise SeqExhausted(self.path, last_seq, count)
-                data = batch.render(last_seq + 1, time.time_ns() // 1_000_000)
-                lines = data.split(b"\n")[:-1]
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO attempt_ledger_receipts VALUES (%s, %s, %s, %s)",
-                        [(*key, last_seq + i, line) for i, line in enumerate(lines, 1)],
-                    )
-                conn.execute(
-                    "UPDATE attempt_ledger_heads SET last_seq = %s"
-                    " WHERE run_id = %s AND node_id = %s",
-                    (last_seq + count, *key),
-                )
-                conn.execute(
-                    "SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.run_id}\n{self.node_id}")
-                )
-                committing = True  # leaving the block commits
         except psycopg.OperationalError as error:
             self.close()
-            known = None if committing else False
+            known = None if committing and not _rolled_back(error) else False
             state = "may or may not be committed" if known is None else "was not committed"
             raise LedgerConnectionError(self.path, f"{error}; the batch {state}", known) from error
+        assert row is not None
+        ok, last_seq = row[0], int(row[1])
+        if not ok:
+            if expected_last_seq is not None and expected_last_seq != last_seq:
+                raise SeqConflict(self.path, expected_last_seq, last_seq)
+            raise SeqExhausted(self.path, last_seq, count)
         return AppendSummary(self.path, last_seq + count, count)
 
     def last_seq(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -55,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     say("5. reconcile wake-up")
     results["wakeup"] = {str(poll): scenarios.wakeup(poll, 5 if q else 100) for poll in (1, 10, 50)}
 
+    if os.environ.get("ATTEMPT_LEDGER_PG_DSN"):
+        say("6. PostgreSQL")
+        n = 80 if q else 4000
+        results["postgres"] = {
+            f"{kind}, {procs} processes, {ledgers} ledgers": scenarios.many_ledgers(
+                kind, procs, ledgers, n // procs
+            )
+            for procs, ledgers in ((1, 1), (8, 1), (8, 8))
+            for kind in ("postgres", "ledger")
+        }
+        results["postgres_wakeup"] = scenarios.wakeup(50, 5 if q else 100, "postgres")
     text = report.render(results)
     print(text)
     if args.out:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from filelock import FileLock
 
-from attempt_ledger import AttemptLedger, ReceiptEvent, append_receipts, read_last_seq
+from attempt_ledger import AttemptLedger, Ledger, ReceiptEvent, append_receipts, read_last_seq
 from attempt_ledger._api import clear_cache
 
 RUN, NODE = "bench-run", "bench-node"
@@ -86,9 +86,9 @@ def _file_seqs(path: Path) -> list[int]:
 class LedgerObject(Contender):
     name = "attempt_ledger (AttemptLedger)"
 
-    def __init__(self, root: Path, *, durable: bool = False) -> None:
+    def __init__(self, root: Path, *, durable: bool = False, node: str = NODE) -> None:
         super().__init__(root, durable=durable)
-        self.ledger = AttemptLedger(root, RUN, NODE, durable=durable)
+        self.ledger: Ledger = AttemptLedger(root, RUN, node, durable=durable)
 
     def append(self, events: list[ReceiptEvent]) -> int:
         return self.ledger.append(1, "bench", events).seq
@@ -97,10 +97,25 @@ class LedgerObject(Contender):
         return self.ledger.last_seq()
 
     def seqs(self) -> list[int]:
-        return _file_seqs(self.ledger.path)
+        return [record.seq for record in self.ledger.iter_records()]
 
     def close(self) -> None:
         self.ledger.close()
+
+
+class Postgres(LedgerObject):
+    """``PostgresLedger`` on the server ``$ATTEMPT_LEDGER_PG_DSN`` names (scripts/with-postgres
+    starts one); each benchmark directory gets its own run id, so runs never share a ledger."""
+
+    name = "attempt_ledger.postgres (PostgresLedger)"
+
+    def __init__(self, root: Path, *, durable: bool = False, node: str = NODE) -> None:
+        from attempt_ledger.postgres import PostgresLedger, migrate
+
+        Contender.__init__(self, root, durable=durable)
+        dsn = os.environ["ATTEMPT_LEDGER_PG_DSN"]
+        migrate(dsn)
+        self.ledger = PostgresLedger(dsn, f"{RUN}-{root.parent.name}-{root.name}", node)
 
 
 class LedgerFunctions(Contender):
@@ -311,4 +326,5 @@ CONTENDERS: dict[str, type[Contender]] = {
     "seed": Seed,
     "filelock": FileLockPerAppend,
     "sqlite": SQLiteWAL,
+    "postgres": Postgres,
 }

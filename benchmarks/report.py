@@ -110,6 +110,22 @@ def render(results: dict[str, Any]) -> str:
             f"| {poll} ms | {r['median'] / 1000:.2f} | {r['p90'] / 1000:.2f} "
             f"| {r['p99'] / 1000:.2f} | {r['max'] / 1000:.2f} |"
         )
+    if "postgres" in results:
+        out += ["", "## 6. PostgreSQL (1-event appends; server from scripts/with-postgres)", ""]
+        out += ["| contender, processes, ledgers | appends/s | p99 µs | seqs exact |"]
+        out += ["| --- | ---: | ---: | --- |"]
+        for label, r in results["postgres"].items():
+            kind, rest = label.split(", ", 1)
+            out.append(
+                f"| {CONTENDERS[kind].name}, {rest} | {r['appends_per_s']:,.0f} | {r['p99']:.0f} "
+                f"| {'yes' if r['exact'] else 'NO'} |"
+            )
+        w = results["postgres_wakeup"]
+        out += [
+            "",
+            f"Reconcile wake-up through LISTEN/NOTIFY, 50 ms poll fallback: median "
+            f"{w['median'] / 1000:.2f} ms, p90 {w['p90'] / 1000:.2f}, p99 {w['p99'] / 1000:.2f}.",
+        ]
     out += ["", "## Targets", ""]
     out += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in targets(results)]
     return "\n".join(out) + "\n"
@@ -165,6 +181,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool]]:
                 value <= int(poll) + 2,
             )
         )
+    if "postgres" in results:
+        spread = results["postgres"]["postgres, 8 processes, 8 ledgers"]["appends_per_s"]
+        checks.append(
+            (
+                f"PostgreSQL, 8 processes on 8 ledgers: {spread:,.0f} appends/s (target >= 5,000)",
+                spread >= 5000,
+            )
+        )
+        wake = results["postgres_wakeup"]["median"] / 1000
+        checks.append((f"PostgreSQL wake-up median {wake:.2f} ms (target <= 5)", wake <= 5))
+        exact = all(r["exact"] for r in results["postgres"].values())
+        checks.append(("PostgreSQL seqs always exact", exact))
     return checks
 
 

@@ -99,8 +99,8 @@ def single_process(
 # -- 2. contention --------------------------------------------------------------------------------
 
 
-def _contend(name: str, root: Path, count: int, start: Any, out: Any) -> None:
-    contender = CONTENDERS[name](root)
+def _contend(name: str, root: Path, count: int, start: Any, out: Any, node: str = NODE) -> None:
+    contender = CONTENDERS[name](root, node=node) if node != NODE else CONTENDERS[name](root)
     batch = events(1)
     start.wait(timeout=JOIN)
     began = time.monotonic()
@@ -263,8 +263,8 @@ def durable(names: list[str], calls: int, repeats: int) -> dict[str, Any]:
 # -- 5. reconcile wake-up -------------------------------------------------------------------------
 
 
-def _reconciler(root: Path, poll_ms: int, rounds: int, ready: Any, out: Any) -> None:
-    ledger = LedgerObject(root).ledger
+def _reconciler(name: str, root: Path, poll_ms: int, rounds: int, ready: Any, out: Any) -> None:
+    ledger = CONTENDERS[name](root).ledger  # type: ignore[attr-defined]
     ready.set()
     for target in range(1, rounds + 1):
         summary = ledger.reconcile(target, 60_000, poll_ms)
@@ -272,15 +272,15 @@ def _reconciler(root: Path, poll_ms: int, rounds: int, ready: Any, out: Any) -> 
         assert summary.found
 
 
-def wakeup(poll_ms: int, rounds: int) -> dict[str, Any]:
+def wakeup(poll_ms: int, rounds: int, name: str = "ledger") -> dict[str, Any]:
     """Time from an append in this process to ``reconcile`` returning in another."""
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(poll_ms)
     with scratch() as root:
         ready, out = ctx.Event(), ctx.Queue()
-        child = ctx.Process(target=_reconciler, args=(root, poll_ms, rounds, ready, out))
+        child = ctx.Process(target=_reconciler, args=(name, root, poll_ms, rounds, ready, out))
         child.start()
-        ledger = LedgerObject(root)
+        ledger = CONTENDERS[name](root)
         delays = []
         try:
             if not ready.wait(timeout=JOIN):
@@ -297,3 +297,31 @@ def wakeup(poll_ms: int, rounds: int) -> dict[str, Any]:
                 child.join()
             ledger.close()
     return stats(delays)
+
+
+# -- 6. PostgreSQL ---------------------------------------------------------------------------
+
+
+def many_ledgers(name: str, processes: int, ledgers: int, count: int) -> dict[str, Any]:
+    """``processes`` processes append ``count`` 1-event batches each, process i to ledger
+    i mod ``ledgers``; every ledger's seqs must come out exact."""
+    ctx = multiprocessing.get_context("fork")
+    nodes = [f"{NODE}-{i % ledgers}" for i in range(processes)]
+    with scratch() as root:
+        start, out = ctx.Barrier(processes), ctx.Queue()
+        children = [
+            ctx.Process(target=_contend, args=(name, root, count, start, out, node))
+            for node in nodes
+        ]
+        results = collect(children, out)
+        exact = True
+        for node in sorted(set(nodes)):
+            contender = CONTENDERS[name](root, node=node)  # type: ignore[call-arg]
+            exact &= contender.seqs() == list(range(1, count * nodes.count(node) + 1))
+            contender.close()
+    elapsed = max(r[1] for r in results) - min(r[0] for r in results)
+    return {
+        "appends_per_s": processes * count / elapsed,
+        **stats([s for r in results for s in r[2]]),
+        "exact": exact,
+    }
