@@ -10,12 +10,15 @@ critical section only joins bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
+from ._errors import InvalidEvent, SeqConflict
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
     U32_MAX,
     U64_MAX,
+    AppendSummary,
     ReceiptEvent,
     ReceiptRecord,
     converter,
@@ -206,6 +209,41 @@ def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:
                 raise IndexedValueError(index, str(error)) from None
         raise
     return EncodedBatch(head, tails)
+
+
+def encode_batch(
+    path: Path,
+    run_id: str,
+    node_id: str,
+    attempt: int,
+    session_id: str,
+    events: Iterable[ReceiptEvent],
+    head: bytes | None = None,
+) -> EncodedBatch:
+    """Check and encode an append's batch before any I/O; every backend appends through this.
+
+    :param head: the encoded ids, when the caller has them from an earlier append.
+    :raises InvalidEvent: naming ``path``, the field or the event that is wrong.
+    """
+    try:
+        check_ids(run_id, node_id, attempt, session_id)
+        if head is None:
+            head = encode_head(run_id, node_id, attempt, session_id)
+        return encode_events(head, events if isinstance(events, list) else list(events))
+    except IndexedValueError as error:
+        raise InvalidEvent(path, str(error), error.index) from None
+    except ValueError as error:
+        raise InvalidEvent(path, str(error)) from None
+
+
+def empty_append(path: Path, last_seq: int, expected_last_seq: int | None) -> AppendSummary:
+    """The result of appending nothing: the last seq, after the optimistic check.
+
+    :raises SeqConflict: if ``expected_last_seq`` is given and is not ``last_seq``.
+    """
+    if expected_last_seq is not None and expected_last_seq != last_seq:
+        raise SeqConflict(path, expected_last_seq, last_seq)
+    return AppendSummary(path, last_seq, 0)
 
 
 class IndexedValueError(ValueError):

@@ -13,14 +13,8 @@ from typing import Any, NoReturn
 
 import attrs
 
-from ._codec import (
-    EncodedBatch,
-    IndexedValueError,
-    check_ids,
-    encode_events,
-    encode_head,
-)
-from ._errors import InvalidEvent, LedgerIOError, SeqConflict, SeqExhausted
+from ._codec import EncodedBatch, empty_append, encode_batch
+from ._errors import LedgerIOError, SeqConflict, SeqExhausted
 from ._locking import SidecarLock
 from ._paths import lock_path_for, receipts_path
 from ._protocol import Ledger
@@ -156,24 +150,14 @@ class AttemptLedger:
         :raises LockTimeout: if ``lock_timeout`` expires first.
         :raises LedgerIOError: if a system call fails; the file is left as it was.
         """
-        try:
-            check_ids(self.run_id, self.node_id, attempt, session_id)
-            cached = self._handles.head
-            if cached is not None and cached[0] == attempt and cached[1] == session_id:
-                head = cached[2]
-            else:
-                head = encode_head(self.run_id, self.node_id, attempt, session_id)
-                self._handles.head = (attempt, session_id, head)
-            batch = encode_events(head, events if isinstance(events, list) else list(events))
-        except IndexedValueError as error:
-            raise InvalidEvent(self.path, str(error), error.index) from None
-        except ValueError as error:
-            raise InvalidEvent(self.path, str(error)) from None
+        cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
+        head = cached[2] if cached is not None and cached[:2] == (attempt, session_id) else None
+        ids = (self.run_id, self.node_id, attempt, session_id)
+        batch = encode_batch(self.path, *ids, events, head)  # checks the ids all the same
+        if head is None:
+            self._handles.head = (attempt, session_id, batch.head)
         if not batch.tails:
-            last_seq = self.last_seq()
-            if expected_last_seq is not None and expected_last_seq != last_seq:
-                raise SeqConflict(self.path, expected_last_seq, last_seq)
-            return AppendSummary(self.path, last_seq, 0)
+            return empty_append(self.path, self.last_seq(), expected_last_seq)
         lock = self._lock
         lock.acquire(self.lock_timeout)
         try:

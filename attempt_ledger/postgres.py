@@ -21,15 +21,8 @@ from typing import Any
 
 import psycopg
 
-from ._codec import (
-    EncodedBatch,
-    IndexedValueError,
-    check_ids,
-    decode_record,
-    encode_events,
-    encode_head,
-)
-from ._errors import InvalidEvent, LedgerError, SeqConflict, SeqExhausted
+from ._codec import EncodedBatch, decode_record, empty_append, encode_batch
+from ._errors import LedgerError, SeqConflict, SeqExhausted
 from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
 from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
@@ -211,19 +204,9 @@ class PostgresLedger:
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``.
         :raises LedgerConnectionError: if the connection fails; ``committed`` tells what is known.
         """
-        try:
-            check_ids(self.run_id, self.node_id, attempt, session_id)
-            head = encode_head(self.run_id, self.node_id, attempt, session_id)
-            batch = encode_events(head, events if isinstance(events, list) else list(events))
-        except IndexedValueError as error:
-            raise InvalidEvent(self.path, str(error), error.index) from None
-        except ValueError as error:
-            raise InvalidEvent(self.path, str(error)) from None
+        batch = encode_batch(self.path, self.run_id, self.node_id, attempt, session_id, events)
         if not batch.tails:
-            last_seq = self.last_seq()
-            if expected_last_seq is not None and expected_last_seq != last_seq:
-                raise SeqConflict(self.path, expected_last_seq, last_seq)
-            return AppendSummary(self.path, last_seq, 0)
+            return empty_append(self.path, self.last_seq(), expected_last_seq)
         return self._append(batch, expected_last_seq)
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
