@@ -81,7 +81,10 @@ def copy_from_postgres(
 
 
 def ledger_ids(conninfo: str) -> list[tuple[str, str]]:
-    """Every (run_id, node_id) the database holds, sorted."""
+    """Every (run_id, node_id) the database holds, sorted.
+
+    :raises psycopg.Error: if the database cannot be reached or read.
+    """
     with psycopg.connect(conninfo) as conn:
         rows = conn.execute("SELECT run_id, node_id FROM attempt_ledger_heads ORDER BY 1, 2")
         return [(run_id, node_id) for run_id, node_id in rows]
