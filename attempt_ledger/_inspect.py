@@ -12,7 +12,7 @@ from typing import TextIO
 from ._codec import decode_record, encode_payload
 from ._errors import LedgerIOError
 from ._paths import iter_ledgers
-from ._reader import TAIL_BLOCK, iter_decoded, read_last_seq
+from ._reader import TAIL_BLOCK, iter_decoded, open_ledger, read_last_seq
 from ._records import ReceiptEvent, ReceiptRecord
 
 _SUMMARY_WIDTH = 60
@@ -93,12 +93,9 @@ def last_records(path: Path, count: int) -> list[tuple[ReceiptRecord, bytes]]:
     """
     if count <= 0:
         return []
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
+    fd = open_ledger(path)
+    if fd is None:
         return []
-    except OSError as error:
-        raise LedgerIOError.wrap(path, "open the ledger", error) from error
     try:
         end = os.fstat(fd).st_size
         start, block = end, TAIL_BLOCK

@@ -177,7 +177,7 @@ def read_last_seq(path: str | os.PathLike[str], block_size: int = TAIL_BLOCK) ->
 
     :raises LedgerIOError: if the path exists but cannot be read (a directory, no permission).
     """
-    fd = _open(path)
+    fd = open_ledger(path)
     if fd is None:
         return 0
     try:
@@ -211,7 +211,7 @@ def iter_decoded(
 
     :raises LedgerIOError: if the path exists but cannot be read.
     """
-    fd = _open(path)
+    fd = open_ledger(path)
     if fd is None:
         return
     try:
@@ -225,7 +225,11 @@ def iter_decoded(
         os.close(fd)
 
 
-def _open(path: str | os.PathLike[str]) -> int | None:
+def open_ledger(path: str | os.PathLike[str]) -> int | None:
+    """Open a ledger for reading; ``None`` if it does not exist.
+
+    :raises LedgerIOError: if it exists but cannot be opened.
+    """
     try:
         return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:

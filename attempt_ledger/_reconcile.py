@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ._errors import LedgerIOError
-from ._reader import iter_decoded, read_last_seq
+from ._reader import iter_decoded, open_ledger, read_last_seq
 from ._records import ReceiptRecord, ReconcileSummary
 
 # Sleeps of a float interval do not add up to the float deadline exactly; a nanosecond short
@@ -141,16 +141,15 @@ def _start_offset(path: Path, since_seq: int) -> int:
     # when nothing in the file is past ``since_seq``, start at its end. The size is taken
     # before the last seq, so a record appended in between is still read; and only a file that
     # ends in a newline qualifies, so reading starts at a line's start.
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return 0
-            f.seek(size - 1)
-            if f.read(1) != b"\n":
-                return 0
-    except FileNotFoundError:
+    fd = open_ledger(path)
+    if fd is None:
         return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) != b"\n":
+            return 0
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
+    finally:
+        os.close(fd)
     return size if read_last_seq(path) <= since_seq else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import attrs
 from ._codec import decode_record, line_seq
 from ._errors import LedgerIOError
 from ._paths import iter_ledgers, sanitize_segment
-from ._reader import iter_lines
+from ._reader import iter_lines, open_ledger
 
 
 @attrs.frozen
@@ -76,10 +77,9 @@ def verify_ledger(
     node_ids = _Ids()
     previous: int | None = None
     highest = end = 0
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise LedgerIOError.wrap(path, "open the ledger", error) from error
+    fd = open_ledger(path)
+    if fd is None:
+        raise LedgerIOError(path, "cannot open the ledger: no such file", errno.ENOENT)
     try:
         for number, (line, line_end) in enumerate(iter_lines(fd), 1):
             end = line_end
