@@ -198,7 +198,7 @@ def _tail(args: argparse.Namespace, root: Path) -> int:
                 if args.json:
                     sys.stdout.buffer.write(encode_record(record))
                 else:
-                    print_rows([record_row(record)], sys.stdout)
+                    print_rows([record_row(record)], sys.stdout, header=False)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             stop.set()

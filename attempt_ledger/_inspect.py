@@ -60,18 +60,18 @@ def record_row(record: ReceiptRecord) -> list[str]:
 ROW_HEADER = ["SEQ", "TIME (UTC)", "ATTEMPT", "SESSION", "EVENT", "PAYLOAD"]
 
 
-def print_rows(rows: Iterable[list[str]], out: TextIO) -> int:
-    """Print rows under ``ROW_HEADER`` in aligned columns, in pages of up to 500 (so that a
-    long ledger streams); return how many rows were printed."""
+def print_rows(rows: Iterable[list[str]], out: TextIO, *, header: bool = True) -> int:
+    """Print rows in aligned columns, under ``ROW_HEADER`` if ``header``, in pages of up to 500
+    (so that a long ledger streams); return how many rows were printed."""
     count, page = 0, []
     for row in rows:
         page.append([text.replace("\n", "\\n") for text in row])
         count += 1
         if len(page) == 500:
-            _print_page(page, out, header=count == 500)
-            page = []
-    if page or count == 0:
-        _print_page(page, out, header=count <= 500)
+            _print_page(page, out, header=header)
+            header, page = False, []
+    if page or header:
+        _print_page(page, out, header=header)
     return count
 
 

@@ -203,6 +203,34 @@ def test_tail_follow_until_interrupted(root: Path, seeded: AttemptLedger) -> Non
     assert "Traceback" not in stderr
 
 
+def test_rows_stream_in_pages_under_one_header() -> None:
+    import io
+
+    from attempt_ledger._inspect import ROW_HEADER, print_rows
+
+    rows = [[str(i), "t", "1", "s", "e", "null"] for i in range(1200)]
+    out = io.StringIO()
+    assert print_rows(rows, out) == 1200
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1201
+    assert lines[0].split()[0] == ROW_HEADER[0]
+    assert sum(line.startswith("SEQ") for line in lines) == 1
+    followed = io.StringIO()  # what tail -f prints for each new record
+    print_rows(rows[:1], followed, header=False)
+    assert followed.getvalue().split() == rows[0]
+    empty = io.StringIO()
+    assert print_rows([], empty) == 0
+    assert empty.getvalue().split() == [
+        "SEQ",
+        "TIME",
+        "(UTC)",
+        "ATTEMPT",
+        "SESSION",
+        "EVENT",
+        "PAYLOAD",
+    ]
+
+
 def test_last_seq_and_reconcile(root: Path, seeded: AttemptLedger) -> None:
     assert run(root, "last-seq", "run/1", "node:a").stdout == "3\n"
     assert run(root, "last-seq", "no", "such").stdout == "0\n"
