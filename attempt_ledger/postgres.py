@@ -169,17 +169,15 @@ class PostgresLedger:
 
     def close(self) -> None:
         """Close the connection the ledger opened (a borrowed one is left alone)."""
-        if self._conninfo is not None and self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
         if self._conninfo is not None:
-            self._conn = None
+            conn, self._conn = self._conn, None
+            if conn is not None and self._pid == os.getpid():  # a fork child's is the parent's
+                conn.close()
 
     def __del__(self) -> None:
         # Like a dropped file ledger's descriptors, a dropped ledger's own connection is closed.
-        conn = getattr(self, "_conn", None)  # getattr: __init__ may have raised early
-        owned = getattr(self, "_conninfo", None) is not None
-        if owned and conn is not None and getattr(self, "_pid", None) == os.getpid():
-            conn.close()
+        if hasattr(self, "_pid"):  # set last in __init__, which may have raised early
+            self.close()
 
     def __enter__(self) -> PostgresLedger:
         return self
