@@ -10,8 +10,12 @@ critical section only joins bytes.
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from pathlib import Path
+from typing import TypeVar
 
 from ._errors import InvalidEvent, SeqConflict
 from ._records import (
@@ -47,8 +51,40 @@ def _reject_constant(name: str) -> None:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-#: Deepest nesting a payload may have (the stdlib decoder gives up near 1,000 in any case).
-MAX_DEPTH = 512
+#: Most containers a payload may nest: with the line's own object, the 127 that serde_json (the
+#: upstream reader) parses before it gives up on a line.
+MAX_PAYLOAD_DEPTH = 126
+
+#: Most containers a valid line may nest, its own object included: what upstream can read.
+MAX_LINE_DEPTH = MAX_PAYLOAD_DEPTH + 1
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+def on_fresh_stack(function: Callable[[_A], _T], argument: _A) -> _T:
+    """Return ``function(argument)`` computed in a new thread, which starts with an empty stack.
+
+    The C JSON encoder and decoder recurse once per nesting level and count against the
+    caller's recursion limit; a line's validity must not depend on how deep the caller is, so
+    a :class:`RecursionError` is retried here (rarely: only from deep stacks).
+    """
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function(argument))
+        except BaseException as error:  # handed back to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="attempt-ledger-fresh-stack")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
 
 _payload_encoder = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
@@ -81,15 +117,26 @@ def _dump_payload(payload: object) -> str:
     return _payload_encoder.encode(payload)  # pragma: no cover - interpreters without _json
 
 
+def _dump_checked_payload(payload: object) -> str:
+    # The payload's depth is checked, so a RecursionError says the caller's stack is deep.
+    try:
+        return _dump_payload(payload)
+    except RecursionError:
+        return on_fresh_stack(_dump_payload, payload)
+
+
 def _check_payload(payload: object) -> None:
     # json.dumps would quietly turn {1: 2} into {"1": 2}; a receipt's payload must round-trip.
     # The depth bound also stops a self-containing payload, as no circular check runs.
     scalars = _EXACT_SCALARS
-    stack = [(payload, 0)]
+    stack = [(payload, 0)]  # (value, containers around it)
     while stack:
         value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"payload is nested deeper than {MAX_DEPTH} levels (or is circular)")
+        if depth >= MAX_PAYLOAD_DEPTH and isinstance(value, (dict, list, tuple)):
+            raise ValueError(
+                f"payload nests more than {MAX_PAYLOAD_DEPTH} containers (or is circular); "
+                "the upstream reader could not read it"
+            )
         if isinstance(value, dict):
             for key, item in value.items():
                 if type(key) is not str and not isinstance(key, str):
@@ -110,11 +157,9 @@ def encode_payload(payload: object) -> str:
     """
     _check_payload(payload)
     try:
-        return _dump_payload(payload)
+        return _dump_checked_payload(payload)
     except ValueError as error:
         raise ValueError(f"payload is not JSON: {error}") from None
-    except RecursionError:
-        raise ValueError("payload is nested too deeply") from None
 
 
 def check_ids(run_id: object, node_id: object, attempt: object, session_id: object) -> None:
@@ -289,15 +334,45 @@ def could_open_object(prefix: bytes) -> bool:
     return not rest or rest[0] in b'"}'
 
 
+# A JSON string, escapes included; what is left of a line without them is its structure.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def nests_too_deep(line: bytes) -> bool:
+    """Return whether the containers of ``line`` nest deeper than :data:`MAX_LINE_DEPTH`.
+
+    Brackets inside strings do not count. Computed without recursion, so that the answer does
+    not depend on the caller's stack.
+    """
+    if line.count(b"[") + line.count(b"{") <= MAX_LINE_DEPTH:  # the common case, in C
+        return False
+    brackets = _STRING.sub(b"", line).translate(None, _NOT_BRACKET)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > MAX_LINE_DEPTH
+
+
+def _raw_decode(text: str) -> tuple[object, int]:
+    return _decoder.raw_decode(text)
+
+
 def _load(line: bytes) -> object:
     # Cheap refusals first, so that scanning garbage does not decode it.
     if not could_open_object(line[:64]) or not line.rstrip(_SPACE).endswith(b"}"):
         return None
+    # Deeper than upstream can read is not a line, whatever this interpreter could parse.
+    if nests_too_deep(line):
+        return None
     try:
         # raw_decode skips decode()'s whitespace regexes; JSON's own whitespace is stripped here.
         text = line.decode("utf-8").strip(" \t\r")
-        obj, end = _decoder.raw_decode(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        try:
+            obj, end = _raw_decode(text)
+        except RecursionError:  # the line is shallow, so the caller's stack is deep
+            obj, end = on_fresh_stack(_raw_decode, text)
+    except (UnicodeDecodeError, ValueError):
         return None
     return obj if end == len(text) else None
 

@@ -141,9 +141,9 @@ class AttemptLedger:
 
         :returns: the ledger path, the seq of the last record written, and how many were written.
         :raises InvalidEvent: if an id, ``attempt`` or an event is not valid; nothing is written.
-        :param expected_last_seq: append only if the ledger's last seq (a torn last line
-            counted once sealed) is this, checked under the lock: for workers that must not
-            race each other.
+        :param expected_last_seq: append only if the ledger's last seq (as :meth:`last_seq`
+            reads it) is this, checked under the lock: for workers that must not race each
+            other.
         :raises SeqConflict: if ``expected_last_seq`` is given and is not the last seq; nothing
             is written.
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``; nothing is written.
@@ -258,8 +258,10 @@ class AttemptLedger:
         """
         return list(iter_records(self.path))
 
-    def iter_records(self, since_seq: int = 0) -> Iterator[ReceiptRecord]:
+    def iter_records(self, since_seq: int | None = None) -> Iterator[ReceiptRecord]:
         """Yield the well-typed records with ``seq > since_seq``, in file order, streaming.
+
+        ``None`` (the default) yields every record, seq 0 included.
 
         Memory stays bounded by the longest line, whatever the file's size. Records appended
         while iterating are yielded too, up to the end of file the iteration reaches.

@@ -1,9 +1,12 @@
 """Reading a ledger without a lock: the last valid seq from the tail, and lines from the front.
 
-Only complete lines count: the bytes after the last ``\\n`` are an append in flight or a torn
-write, never a record. Both readers hold at most one line plus one block: a piece of a long line
-that can no longer be a JSON object (a raw control byte, or the wrong bracket at its outer end)
-is dropped as soon as it is seen, so scanning a region of garbage costs no memory.
+Lines end in ``\\n``; the bytes after the last one (a record that lost its ``\\n`` in a crash, an
+append in flight, a torn write) count as a line when they parse on their own as a valid line,
+as the next append's seal will make them one; a fragment that does not parse is skipped. (No
+proper prefix of a line can parse as one: a JSON object only closes at its end.) Both readers
+hold at most one line plus one block: a piece of a long line that can no longer be a JSON object
+(a raw control byte, or the wrong bracket at its outer end) is dropped as soon as it is seen,
+so scanning a region of garbage costs no memory.
 """
 
 from __future__ import annotations
@@ -81,21 +84,17 @@ class _Pending:
         return line
 
 
-def scan_last_seq(
-    fd: int, end: int, block_size: int = TAIL_BLOCK, *, count_fragment: bool = False
-) -> int:
-    """Return the seq of the last valid line wholly inside ``[0, end)`` of ``fd``, or 0.
+def scan_last_seq(fd: int, end: int, block_size: int = TAIL_BLOCK) -> int:
+    """Return the seq of the last valid line inside ``[0, end)`` of ``fd``, or 0.
 
     :param block_size: bytes read per step (a parameter so tests can hit block boundaries).
-    :param count_fragment: judge the bytes after the last ``\n`` as a line too, as they will be
-        once an append seals them.
     :raises OSError: if reading fails.
     """
-    return _scan(fd, end, block_size, count_fragment, None)
+    return _scan(fd, end, block_size, None)
 
 
 def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bool]:
-    """Return the last seq once a torn last line is sealed, and whether it is torn.
+    """Return the last seq, and whether the last line is torn (has no ``\\n`` yet).
 
     One read serves both answers in the common case (the last line fits in a block).
 
@@ -106,28 +105,27 @@ def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bo
     start = max(0, end - block_size)
     chunk = os.pread(fd, end - start, start)
     torn = chunk[-1:] != b"\n"
-    # The common case without the general scan's bookkeeping: the last line (the fragment, once
-    # sealed, if torn) lies wholly in this block and is valid.
+    # The common case without the general scan's bookkeeping: the last line (the fragment, if
+    # torn) lies wholly in this block and is valid.
     hi = len(chunk) if torn else len(chunk) - 1
     newline = chunk.rfind(b"\n", 0, hi)
     if (newline >= 0 or start == 0) and len(chunk) == end - start:
         seq = line_seq(chunk[newline + 1 : hi])
         if seq is not None:
             return seq, torn
-    return _scan(fd, end, block_size, True, chunk), torn
+    return _scan(fd, end, block_size, chunk), torn
 
 
-def _scan(fd: int, end: int, block_size: int, count_fragment: bool, chunk: bytes | None) -> int:
+def _scan(fd: int, end: int, block_size: int, chunk: bytes | None) -> int:
     pos = end
-    # The bytes after the last "\n" are an unterminated fragment: no line unless sealed.
-    pending = _Pending(backward=True, hopeless=not count_fragment)
+    pending = _Pending(backward=True)
     while pos > 0:
         start = max(0, pos - block_size)
         if chunk is None:
             chunk = os.pread(fd, pos - start, start)
         if len(chunk) != pos - start:
             # The file shrank under us (a writer rolled back a failed append): start over.
-            return _scan(fd, os.fstat(fd).st_size, block_size, count_fragment, None)
+            return _scan(fd, os.fstat(fd).st_size, block_size, None)
         hi = len(chunk)
         while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
             seq = line_seq(pending.take_line(chunk[newline + 1 : hi]))
@@ -143,14 +141,16 @@ def _scan(fd: int, end: int, block_size: int, count_fragment: bool, chunk: bytes
 
 
 def iter_lines(
-    fd: int, offset: int = 0, chunk_size: int = READ_CHUNK
+    fd: int, offset: int = 0, chunk_size: int = READ_CHUNK, *, fragment: bool = True
 ) -> Iterator[tuple[bytes | None, int]]:
-    """Yield ``(line, end)`` for each complete line from ``offset`` on; ``end`` is past its ``\\n``.
+    """Yield ``(line, end)`` for each line from ``offset`` on; ``end`` is past its ``\\n``.
 
     A long line found unable to be a JSON object while it was read is yielded as ``None``, its
-    bytes dropped; the unterminated fragment at the end of the file is not yielded. Reads until
-    end of file.
+    bytes dropped. Reads until end of file.
 
+    :param fragment: also yield the bytes after the last ``\\n`` (``end`` is then the end of
+        file) when they parse on their own as a valid line; ``False`` yields ``\\n``-ended
+        lines only.
     :raises OSError: if reading fails.
     """
     pending = _Pending(backward=False)
@@ -167,6 +167,10 @@ def iter_lines(
             low = newline + 1
         pending.add(chunk[low:])
         offset += len(chunk)
+    if fragment and pending.pieces and not pending.hopeless:
+        line = b"".join(pending.pieces)
+        if line_seq(line) is not None:
+            yield line, offset
 
 
 def read_last_seq(path: str | os.PathLike[str], block_size: int = TAIL_BLOCK) -> int:
@@ -188,15 +192,19 @@ def read_last_seq(path: str | os.PathLike[str], block_size: int = TAIL_BLOCK) ->
         os.close(fd)
 
 
-def iter_records(path: str | os.PathLike[str], since_seq: int = 0) -> Iterator[ReceiptRecord]:
-    """Yield the well-typed records of the ledger at ``path`` with ``seq > since_seq``, in order.
+def iter_records(
+    path: str | os.PathLike[str], since_seq: int | None = None
+) -> Iterator[ReceiptRecord]:
+    """Yield the well-typed records of the ledger at ``path``, in order.
 
     A missing file yields nothing. Streams: memory is bounded by the longest line.
 
+    :param since_seq: yield only records with ``seq > since_seq``; ``None`` yields them all
+        (seq 0 included).
     :raises LedgerIOError: if the path exists but cannot be read.
     """
     for record, _, _ in iter_decoded(path):
-        if record is not None and record.seq > since_seq:
+        if record is not None and (since_seq is None or record.seq > since_seq):
             yield record
 
 

@@ -4,6 +4,7 @@ import json
 import math
 import sys
 import unicodedata
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -11,12 +12,15 @@ from hypothesis import strategies as st
 
 from attempt_ledger import RECEIPT_SCHEMA_VERSION, ReceiptRecord, encode_record
 from attempt_ledger._codec import (
+    MAX_LINE_DEPTH,
+    MAX_PAYLOAD_DEPTH,
     RUST_WHITESPACE,
     _payload_encoder,
     decode_record,
     encode_payload,
     encode_tail,
     line_seq,
+    nests_too_deep,
     rust_trim,
 )
 from attempt_ledger._records import converter
@@ -102,12 +106,12 @@ def test_payloads_that_are_not_json_are_rejected(payload: object) -> None:
 def test_circular_and_deep_payloads_are_rejected() -> None:
     circular: list[object] = []
     circular.append(circular)
-    with pytest.raises(ValueError, match="nested"):
+    with pytest.raises(ValueError, match="circular"):
         encode_payload(circular)
     deep: object = 1
     for _ in range(sys.getrecursionlimit() * 2):
         deep = [deep]
-    with pytest.raises(ValueError, match="nested"):
+    with pytest.raises(ValueError, match="nests more than"):
         encode_payload(deep)
 
 
@@ -203,3 +207,61 @@ def test_encode_record_refuses_what_the_ledger_would_not_write() -> None:
         encode_record(ReceiptRecord(1, "r", "n", 1, "s", -1, 1, "e", None))
     with pytest.raises(ValueError, match="attempt"):
         encode_record(ReceiptRecord(1, "r", "n", True, "s", 1, 1, "e", None))
+
+
+def _nested(levels: int) -> object:
+    payload: object = 0
+    for _ in range(levels):
+        payload = [payload]
+    return payload
+
+
+@pytest.mark.parametrize("levels", [MAX_PAYLOAD_DEPTH - 1, MAX_PAYLOAD_DEPTH])
+def test_payloads_as_deep_as_upstream_reads_are_written_and_read(levels: int) -> None:
+    line = encode_payload(_nested(levels))
+    record = ReceiptRecord(1, "r", "n", 0, "s", 1, 0, "e", json.loads(line))
+    assert line_seq(encode_record(record)[:-1]) == 1
+
+
+def test_payloads_deeper_than_upstream_reads_are_refused() -> None:
+    # serde_json reads 127 nested containers: the line's object and 126 in its payload.
+    assert MAX_PAYLOAD_DEPTH == 126
+    for payload in (_nested(MAX_PAYLOAD_DEPTH + 1), {"a": _nested(MAX_PAYLOAD_DEPTH)}):
+        with pytest.raises(ValueError, match="126"):
+            encode_payload(payload)
+
+
+@pytest.mark.parametrize(
+    ("levels", "valid"),
+    [(MAX_LINE_DEPTH - 1, True), (MAX_LINE_DEPTH, True), (MAX_LINE_DEPTH + 1, False)],
+)
+def test_lines_deeper_than_upstream_reads_are_not_valid(levels: int, valid: bool) -> None:
+    line = b'{"seq":4,"x":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+    assert (line_seq(line) == 4) is valid
+    # Brackets inside strings are not nesting.
+    deep_text = b'{"seq":4,"x":"' + b"[{" * levels + b'\\"]"}'
+    assert line_seq(deep_text) == 4
+
+
+def _at_stack_depth(frames_left: int, function: Callable[[], object]) -> object:
+    # Recurse until only ``frames_left`` frames remain below the recursion limit.
+    depth = 0
+    frame = sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+
+    def descend(n: int) -> object:
+        return function() if n <= 0 else descend(n - 1)
+
+    return descend(sys.getrecursionlimit() - depth - frames_left)
+
+
+def test_encoding_and_reading_do_not_depend_on_the_callers_stack() -> None:
+    payload = _nested(MAX_PAYLOAD_DEPTH)
+    shallow = encode_payload(payload)
+    assert _at_stack_depth(40, lambda: encode_payload(payload)) == shallow
+    record = ReceiptRecord(1, "r", "n", 0, "s", 9, 0, "e", payload)
+    line = encode_record(record)[:-1]
+    assert not nests_too_deep(line)
+    assert _at_stack_depth(40, lambda: line_seq(line)) == 9
+    assert _at_stack_depth(40, lambda: decode_record(line)) == record

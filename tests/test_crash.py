@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attempt_ledger import AttemptLedger, ReceiptEvent, read_receipt_records
+from attempt_ledger import AttemptLedger, ReceiptEvent, read_last_seq, read_receipt_records
 from attempt_ledger._codec import line_seq
 
 from .strategies import junk_lines, text
@@ -22,19 +22,24 @@ small_batches = st.lists(
 )
 
 
+def naive_lines(data: bytes) -> list[bytes]:
+    """The lines by a plain split: the final fragment is one when it parses as a valid line."""
+    lines = data.split(b"\n")
+    return lines if line_seq(lines[-1]) is not None else lines[:-1]
+
+
 def naive_records(data: bytes) -> list[int]:
-    """The seqs of the complete, well-typed lines, by a plain forward split."""
+    """The seqs of the well-typed lines, by a plain forward split."""
     out = []
-    for line in data.split(b"\n")[:-1]:
+    for line in naive_lines(data):
         seq = line_seq(line)
         if seq is not None and b'"version"' in line:
             out.append(seq)
     return out
 
 
-def naive_last_seq_once_sealed(data: bytes) -> int:
-    lines = data.split(b"\n")
-    for line in reversed(lines if not data.endswith(b"\n") else lines[:-1]):
+def naive_last_seq(data: bytes) -> int:
+    for line in reversed(naive_lines(data)):
         seq = line_seq(line)
         if seq is not None:
             return seq
@@ -88,7 +93,8 @@ def _check_crash_point(path: Path, data: bytes, committed: list[int]) -> None:
     assert [r.seq for r in records] == naive_records(data)
     assert [r.seq for r in records][: len(committed)] == committed
     assert all(r.session_id == "crash" for r in records[len(committed) :])
-    expected = naive_last_seq_once_sealed(data) + 1
+    expected = naive_last_seq(data) + 1
+    assert read_last_seq(path) == expected - 1  # readers agree with the append
     ledger = AttemptLedger(path.parent.parent, "run", "node")
     summary = ledger.append(3, "after", [ReceiptEvent("next")])
     ledger.close()

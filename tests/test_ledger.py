@@ -138,9 +138,46 @@ def test_record_that_lost_only_its_newline_counts_once(root: Path) -> None:
     ledger.append(1, "s", EV * 2)
     data = ledger.path.read_bytes()
     ledger.path.write_bytes(data[:-1])  # seq 2 lost its final "\n"
-    assert ledger.last_seq() == 1  # unterminated: not yet a record
+    assert ledger.last_seq() == 2  # it parses on its own: it counts, for readers too
+    assert seqs(ledger.path) == [1, 2]
     assert ledger.append(1, "s", EV).seq == 3
     assert seqs(ledger.path) == [1, 2, 3]
+
+
+def test_optimistic_append_after_a_lost_newline_does_not_livelock(root: Path) -> None:
+    # Readers and the append agree on the last seq, so the README's retry loop progresses.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 7)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-1])
+    seen = ledger.last_seq()
+    assert seen == read_last_seq(ledger.path) == 7
+    assert ledger.append(1, "s", [], expected_last_seq=seen).seq == 7  # empty: same answer
+    assert ledger.append(1, "s", EV, expected_last_seq=seen).seq == 8
+    assert seqs(ledger.path) == list(range(1, 9))
+
+
+def test_records_with_seq_zero_are_returned(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.path.parent.mkdir(parents=True)
+    zero = json.dumps(
+        {
+            "version": 1,
+            "run_id": "r",
+            "node_id": "n",
+            "attempt": 0,
+            "session_id": "s",
+            "seq": 0,
+            "ts_ms": 0,
+            "event_type": "e",
+            "payload": None,
+        }
+    )
+    ledger.path.write_bytes(zero.encode() + b"\n")
+    assert [r.seq for r in ledger.records()] == [0]
+    assert [r.seq for r in ledger.iter_records()] == [0]
+    assert [r.seq for r in ledger.iter_records(since_seq=0)] == []
+    assert seqs(ledger.path) == [0]
+    assert ledger.append(1, "s", EV).seq == 1
 
 
 def test_invalid_utf8_does_not_restart_seq(root: Path) -> None:

@@ -16,10 +16,14 @@ from .strategies import file_contents, seq_line
 block_sizes = st.one_of(st.integers(min_value=1, max_value=70), st.sampled_from([4096, 8192]))
 
 
-def naive_last_seq(data: bytes, *, count_fragment: bool = False) -> int:
+def naive_lines(data: bytes) -> list[bytes]:
+    """The lines by a plain split: the final fragment is one when it parses as a valid line."""
     lines = data.split(b"\n")
-    complete = lines if count_fragment else lines[:-1]
-    for line in reversed(complete):
+    return lines if line_seq(lines[-1]) is not None else lines[:-1]
+
+
+def naive_last_seq(data: bytes) -> int:
+    for line in reversed(naive_lines(data)):
         seq = line_seq(line)
         if seq is not None:
             return seq
@@ -32,16 +36,14 @@ def _fd_of(tmp_path: Path, data: bytes) -> int:
     return os.open(path, os.O_RDONLY)
 
 
-@given(data=file_contents, block_size=block_sizes, count_fragment=st.booleans())
-def test_tail_reader_equals_naive_scan(
-    tmp_path: Path, data: bytes, block_size: int, count_fragment: bool
-) -> None:
+@given(data=file_contents, block_size=block_sizes)
+def test_tail_reader_equals_naive_scan(tmp_path: Path, data: bytes, block_size: int) -> None:
     fd = _fd_of(tmp_path, data)
     try:
-        got = scan_last_seq(fd, len(data), block_size, count_fragment=count_fragment)
+        got = scan_last_seq(fd, len(data), block_size)
     finally:
         os.close(fd)
-    assert got == naive_last_seq(data, count_fragment=count_fragment)
+    assert got == naive_last_seq(data)
 
 
 @given(data=file_contents, block_size=block_sizes)
@@ -57,17 +59,21 @@ def test_tail_state_equals_naive_scan_of_the_sealed_file(
     assert got == (naive_last_seq(data + b"\n" if torn else data), torn)
 
 
-@given(data=file_contents, chunk_size=block_sizes)
-def test_forward_reader_equals_split(tmp_path: Path, data: bytes, chunk_size: int) -> None:
+@given(data=file_contents, chunk_size=block_sizes, fragment=st.booleans())
+def test_forward_reader_equals_split(
+    tmp_path: Path, data: bytes, chunk_size: int, fragment: bool
+) -> None:
     fd = _fd_of(tmp_path, data)
     try:
-        got = list(iter_lines(fd, 0, chunk_size))
+        got = list(iter_lines(fd, 0, chunk_size, fragment=fragment))
     finally:
         os.close(fd)
-    complete = data.split(b"\n")[:-1]
+    complete = naive_lines(data) if fragment else data.split(b"\n")[:-1]
     got_seqs = [None if line is None else line_seq(line) for line, _ in got]
     assert got_seqs == [line_seq(line) for line in complete]
     ends = [i + 1 for i, byte in enumerate(data) if byte == 0x0A]
+    if len(complete) > len(ends):  # the final fragment, which parses: it ends with the file
+        ends.append(len(data))
     assert [end for _, end in got] == ends
     # A line is only ever dropped (None) when it could not have been a JSON object.
     for (line, _), original in zip(got, complete, strict=True):
@@ -87,10 +93,29 @@ def test_invalid_utf8_does_not_reset_seq(tmp_path: Path) -> None:
     assert read_last_seq(path) == 2
 
 
-def test_unterminated_fragment_does_not_count(tmp_path: Path) -> None:
+def test_unterminated_fragment_counts_only_when_it_parses(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    path.write_bytes(seq_line(1) + b'{"seq":2}')
+    path.write_bytes(seq_line(1) + b'{"seq":2}')  # a line that lost only its newline
+    assert read_last_seq(path) == 2
+    path.write_bytes(seq_line(1) + b'{"seq":2')  # torn inside the object
     assert read_last_seq(path) == 1
+
+
+def test_a_huge_final_fragment_that_cannot_be_json_is_dropped_as_read(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with path.open("wb") as f:
+        f.write(seq_line(5) + b'{"seq":6,"x":"' + b"\0" * (16 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    tracemalloc.start()
+    try:
+        lines = [line for line, _ in iter_lines(fd, 0, 1 << 16)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert lines == [b'{"seq": 5}']
+    assert peak < 1 << 20
+    assert read_last_seq(path) == 5
 
 
 def test_scanning_back_over_garbage_holds_little_memory(tmp_path: Path) -> None:
