@@ -171,3 +171,16 @@ def test_iter_ledgers(root: Path) -> None:
         ("run-1", "n-1"),
     ]
     assert all(path.is_file() for _, _, path in iter_ledgers(root))
+
+
+def test_follow_yields_a_final_record_that_lost_its_newline_then_what_comes_after(
+    root: Path,
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 3)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-1])  # a crash took seq 3's newline
+    followed = ledger.follow(poll_interval=0.001, timeout=30)
+    assert [next(followed).seq for _ in range(3)] == [1, 2, 3]
+    ledger.append(1, "s", EV)  # seals seq 3's line, then writes seq 4
+    assert next(followed).seq == 4
+    followed.close()
