@@ -179,8 +179,84 @@ def test_follow_yields_a_final_record_that_lost_its_newline_then_what_comes_afte
     ledger = AttemptLedger(root, "r", "n")
     ledger.append(1, "s", EV * 3)
     ledger.path.write_bytes(ledger.path.read_bytes()[:-1])  # a crash took seq 3's newline
-    followed = ledger.follow(poll_interval=0.001, timeout=30)
+    clock = FakeClock()
+    followed = ledger.follow(poll_interval=0.01, timeout=5, clock=clock, sleep=clock.sleep)
     assert [next(followed).seq for _ in range(3)] == [1, 2, 3]
     ledger.append(1, "s", EV)  # seals seq 3's line, then writes seq 4
+    assert next(followed).seq == 4
+    followed.close()
+
+
+def test_follow_restarts_from_the_front_of_a_ledger_replaced_by_a_shorter_one(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 10)
+    other = AttemptLedger(root / "other", "r", "n")
+    other.append(1, "s", EV * 12)
+    shorter = other.path.read_bytes().split(b"\n")[10:]  # seqs 11 and 12 only
+    # A real clock: a reader stuck past the end would spin without sleeping, until the timeout.
+    followed = ledger.follow(poll_interval=0.01, timeout=5)
+    assert [next(followed).seq for _ in range(10)] == list(range(1, 11))
+    replacement = ledger.path.with_name("replacement")
+    replacement.write_bytes(b"\n".join(shorter))
+    assert replacement.stat().st_size < ledger.path.stat().st_size
+    replacement.replace(ledger.path)
+    assert [next(followed).seq for _ in range(2)] == [11, 12]
+    followed.close()
+
+
+class _WaitSpy(threading.Event):
+    """An event that says when someone starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_setting_stop_cuts_a_long_wait_short(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    stop = _WaitSpy()
+    seen: list[int] = []
+    follower = threading.Thread(
+        target=lambda: seen.extend(r.seq for r in ledger.follow(stop=stop, poll_interval=3600)),
+        daemon=True,  # a regression must fail the test, not hang the run
+    )
+    follower.start()
+    try:
+        assert stop.waiting.wait(30), "follow never waited"
+        stop.set()
+        follower.join(30)  # far less than the hour-long poll interval
+        assert not follower.is_alive(), "stop did not cut the wait short"
+    finally:
+        stop.set()
+        follower.join(30)
+    assert seen == [1]
+
+
+def test_a_record_appended_while_follow_takes_its_start_is_not_skipped(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # follow takes the file's size before the last seq: an append between the two is read.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV * 3)
+    real = reconcile_module.read_last_seq
+    calls = []
+
+    def last_seq_then_append(path: Path) -> int:
+        seq = real(path)
+        calls.append(seq)
+        if len(calls) == 1:
+            ledger.append(1, "s", EV)  # lands after the seq was read
+        return seq
+
+    monkeypatch.setattr(reconcile_module, "read_last_seq", last_seq_then_append)
+    clock = FakeClock()
+    followed = ledger.follow(
+        since_seq=3, poll_interval=0.01, timeout=5, clock=clock, sleep=clock.sleep
+    )
     assert next(followed).seq == 4
     followed.close()

@@ -159,3 +159,36 @@ def test_read_last_seq_of_a_directory_names_the_path(tmp_path: Path) -> None:
         read_last_seq(tmp_path)
     assert info.value.path == tmp_path
     assert str(tmp_path) in str(info.value)
+
+
+def _sizes_that_cut_lines(data: bytes) -> list[int]:
+    # Blocks that end exactly at a line's start or at an object's opening brace inside a line:
+    # the sizes where a block holds a line's tail but not its newline.
+    sizes = set()
+    for line in data.split(b"\n"):
+        starts = [0] + [i for i, byte in enumerate(line) if byte == 0x7B]
+        sizes.update(len(line) - i + extra for i in starts for extra in (0, 1, 2))
+    return sorted(size for size in sizes if size > 0) or [1]
+
+
+@given(data=file_contents, choice=st.data())
+def test_tail_readers_with_blocks_cut_at_line_boundaries(
+    tmp_path: Path, data: bytes, choice: st.DataObject
+) -> None:
+    block_size = choice.draw(st.sampled_from(_sizes_that_cut_lines(data)))
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert scan_last_seq(fd, len(data), block_size) == naive_last_seq(data)
+        torn = bool(data) and not data.endswith(b"\n")
+        assert tail_state(fd, len(data), block_size) == (naive_last_seq(data), torn)
+    finally:
+        os.close(fd)
+
+
+def test_a_block_without_a_newline_is_not_taken_for_a_whole_line(tmp_path: Path) -> None:
+    data = seq_line(1) + b'junk{"seq":5}\n'  # the line is invalid; its tail alone would parse
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert tail_state(fd, len(data), len(b'{"seq":5}\n')) == (1, False)
+    finally:
+        os.close(fd)
