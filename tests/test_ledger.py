@@ -427,3 +427,15 @@ def test_file_format_of_an_append(root: Path, monkeypatch: pytest.MonkeyPatch) -
     )
     assert json.loads(ledger.path.read_bytes())["seq"] == 1
     assert read_last_seq(ledger.path) == 1
+
+
+@pytest.mark.parametrize(("attempt", "ok"), [(0, True), (2**32 - 1, True), (2**32, False)])
+def test_attempt_bounds_are_exact(root: Path, attempt: int, ok: bool) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    if ok:
+        assert ledger.append(attempt, "s", EV).seq == 1
+        assert ledger.records()[0].attempt == attempt
+    else:
+        with pytest.raises(InvalidEvent, match="attempt"):
+            ledger.append(attempt, "s", EV)
+        assert not ledger.path.exists()

@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,49 @@ def test_close_releases_the_descriptor(tmp_path: Path) -> None:
     with lock.mutex:
         lock.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _acquire_once_released(
+    lock: SidecarLock, released: Any, result: multiprocessing.Queue[str]
+) -> None:
+    released.wait(30)
+    try:
+        lock.acquire(timeout=30)
+    except LockTimeout:
+        result.put("timed out")
+    else:
+        result.put("acquired")
+        lock.release()
+
+
+def test_fork_child_gets_a_fresh_mutex_not_the_parents_held_one(tmp_path: Path) -> None:
+    # A thread holds the lock while the process forks, then releases it in the parent: the
+    # child, which got a copy of the mutex as it was (held), must not wait on it for ever.
+    ctx = multiprocessing.get_context("fork")
+    lock = make_lock(tmp_path)
+    holding, done = threading.Event(), threading.Event()
+    released = ctx.Event()
+
+    def holder() -> None:
+        lock.acquire()
+        holding.set()
+        done.wait(timeout=30)
+        lock.release()
+        released.set()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(timeout=30)
+    result: multiprocessing.Queue[str] = ctx.Queue()
+    child = ctx.Process(target=_acquire_once_released, args=(lock, released, result))  # type: ignore[attr-defined]
+    child.start()
+    try:
+        done.set()
+        assert result.get(timeout=60) == "acquired"
+    finally:
+        done.set()
+        thread.join(timeout=30)
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
