@@ -21,7 +21,13 @@ from typing import Any
 
 import psycopg
 
-from ._codec import EncodedBatch, decode_record, empty_append, encode_batch
+from ._codec import (
+    EncodedBatch,
+    check_expected_last_seq,
+    decode_record,
+    empty_append,
+    encode_batch,
+)
 from ._errors import LedgerError, SeqConflict, SeqExhausted
 from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
@@ -197,11 +203,13 @@ class PostgresLedger:
 
         Same validation, results and errors as :meth:`AttemptLedger.append`.
 
-        :raises InvalidEvent: if an id, ``attempt`` or an event is not valid.
+        :raises InvalidEvent: if an id, ``attempt``, an event or ``expected_last_seq`` (an int
+            in ``0..2**64-1``, or ``None``) is not valid; nothing is written.
         :raises SeqConflict: if ``expected_last_seq`` is given and is not the last seq.
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``.
         :raises LedgerConnectionError: if the connection fails; ``committed`` tells what is known.
         """
+        expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
         batch = encode_batch(self.path, self.run_id, self.node_id, attempt, session_id, events)
         if not batch.tails:
             return empty_append(self.path, self.last_seq(), expected_last_seq)

@@ -34,13 +34,15 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[Any] = []
     prefix = uuid.uuid4().hex  # a fresh namespace of runs in the shared database
 
-    def factory(run_id: str, node_id: str) -> Any:
+    def factory(run_id: str, node_id: str, *, raw: bool = False) -> Any:
+        # raw: the ids exactly as given (the database's other ledgers may share them).
         if request.param == "file":
             ledger: Any = AttemptLedger(tmp_path, run_id, node_id)
         else:
             from attempt_ledger.postgres import PostgresLedger
 
-            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), f"{prefix}{run_id}", node_id)
+            run = run_id if raw else f"{prefix}{run_id}"
+            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), run, node_id)
         opened.append(ledger)
         return ledger
 
@@ -99,6 +101,23 @@ def test_bad_input_writes_nothing(make: Factory, args: dict[str, Any]) -> None:
     with pytest.raises(InvalidEvent):
         ledger.append(**{"attempt": 1, "session_id": "s", "events": EV, **args})
     assert [r.seq for r in ledger.records()] == [1]
+
+
+@pytest.mark.parametrize(
+    "expected",
+    ["1", b"1", 1.0, True, False, float("nan"), float("inf"), -1, 2**64, [1]],
+    ids=repr,
+)
+@pytest.mark.parametrize("events", [EV, []], ids=["batch", "empty"])
+def test_bad_expected_last_seq_is_refused(
+    make: Factory, expected: object, events: list[ReceiptEvent]
+) -> None:
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV)
+    with pytest.raises(InvalidEvent, match="expected_last_seq"):
+        ledger.append(1, "s", events, expected_last_seq=expected)
+    assert [r.seq for r in ledger.records()] == [1]
+    assert ledger.append(1, "s", EV, expected_last_seq=1).seq == 2  # a plain int still works
 
 
 def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
