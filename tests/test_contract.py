@@ -7,12 +7,15 @@ The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as unde
 from __future__ import annotations
 
 import multiprocessing
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attempt_ledger import (
     AttemptLedger,
@@ -120,6 +123,67 @@ def test_bad_expected_last_seq_is_refused(
     assert ledger.append(1, "s", EV, expected_last_seq=1).seq == 2  # a plain int still works
 
 
+# Any str at all: NUL, lone surrogates (which no backend can encode), the odd and the empty.
+any_ids = st.one_of(
+    st.text(max_size=30), st.sampled_from(["", "\x00", "a\x00b", "\ud800", "\x00" * 40])
+)
+
+
+@given(run_id=any_ids, node_id=any_ids)
+def test_any_ids_work_alike(make: Factory, run_id: str, node_id: str) -> None:
+    # The ids may repeat across examples and backends share a database: compare with before.
+    ledger = make(run_id, node_id, raw=True)
+    try:
+        before = ledger.last_seq()
+        assert [r.seq for r in ledger.records()][-1:] == ([before] if before else [])
+        if not (_encodable(run_id) and _encodable(node_id)):
+            with pytest.raises(InvalidEvent, match="UTF-8"):
+                ledger.append(1, "s", EV)
+            assert ledger.last_seq() == before
+            return
+        assert ledger.append(1, "s", EV * 2).seq == before + 2
+        assert ledger.last_seq() == before + 2
+        *_, last = ledger.iter_records(since_seq=before)
+        assert (last.run_id, last.node_id, last.seq) == (run_id, node_id, before + 2)
+    finally:
+        ledger.close()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _incompressible(length: int, seed: int) -> str:
+    # Non-ASCII letters only: the file ledger sanitises them away, so its file name stays short.
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(length))
+
+
+@pytest.mark.parametrize(
+    ("run_id", "node_id"),
+    [
+        ("a\x00b", "\x00"),
+        ("é" * 9000, "n"),
+        (_incompressible(9000, 1), _incompressible(9000, 2)),
+    ],
+    ids=["nul", "long", "long-random"],
+)
+def test_nul_and_long_ids(make: Factory, run_id: str, node_id: str) -> None:
+    prefix = uuid.uuid4().hex
+    ledger = make(prefix + run_id, node_id, raw=True)
+    assert (ledger.last_seq(), ledger.records()) == (0, [])
+    assert ledger.append(1, "s", EV).seq == 1
+    assert ledger.append(2, "t", EV * 2, expected_last_seq=1).seq == 3
+    assert ledger.reconcile(3, 0).found
+    assert [(r.run_id, r.node_id, r.seq) for r in ledger.records()] == [
+        (prefix + run_id, node_id, seq) for seq in (1, 2, 3)
+    ]
+
+
 def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
     ledger = make("r", "n")
     ledger.append(1, "s", EV)
@@ -128,8 +192,8 @@ def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
             f.write(b'{"seq":18446744073709551614}\n')
     else:
         ledger._connection().execute(
-            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE run_id = %s AND node_id = %s",
-            (2**64 - 2, ledger.run_id, ledger.node_id),
+            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s",
+            (2**64 - 2, ledger._key),
         )
     with pytest.raises(SeqExhausted):
         ledger.append(1, "s", EV * 2)
