@@ -102,9 +102,13 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
     to run concurrently. Clients of an older version cannot use an upgraded database.
 
     :returns: the schema version now in place.
+    :raises TypeError: if ``conninfo`` is neither a string nor a ``psycopg.Connection``.
     :raises LedgerError: if the database has a newer schema than this library knows.
     :raises psycopg.Error: if the database refuses.
     """
+    if not isinstance(conninfo, (str, psycopg.Connection)):
+        kind = type(conninfo).__name__
+        raise TypeError(f"conninfo must be a connection string or a psycopg.Connection, not {kind}")
     conn = psycopg.connect(conninfo) if isinstance(conninfo, str) else conninfo
     try:
         with conn.transaction():

@@ -367,6 +367,8 @@ def test_a_pool_of_connections_not_in_autocommit_mode(dsn: str, run_id: str) -> 
 def test_conninfo_of_the_wrong_type(conninfo: object) -> None:
     with pytest.raises(TypeError, match="conninfo must be"):
         PostgresLedger(conninfo, "r", "n")
+    with pytest.raises(TypeError, match="conninfo must be"):
+        migrate(conninfo)  # type: ignore[arg-type]
 
 
 def test_arguments_of_the_wrong_type_write_nothing(dsn: str, run_id: str) -> None:
