@@ -19,6 +19,8 @@ from ._errors import LedgerError
 #: The schema version :func:`migrate` creates or upgrades to.
 SCHEMA_VERSION = 2
 CHANNEL = "attempt_ledger"
+#: SQLSTATEs of a missing or older schema: no such table, function or column.
+MISSING_SCHEMA = frozenset({"42P01", "42883", "42703"})
 
 # The key of a ledger, in SQL: sha256(8-byte big-endian length of run_id || run_id || node_id),
 # the ids as UTF-8. The length prefix keeps ("ab", "c") and ("a", "bc") apart.

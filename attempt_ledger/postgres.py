@@ -28,7 +28,15 @@ from ._codec import (
     encode_batch,
 )
 from ._errors import LedgerError, SeqConflict, SeqExhausted
-from ._pgschema import CHANNEL, SCHEMA_VERSION, id_bytes, ledger_key, ledger_name, migrate
+from ._pgschema import (
+    CHANNEL,
+    MISSING_SCHEMA,
+    SCHEMA_VERSION,
+    id_bytes,
+    ledger_key,
+    ledger_name,
+    migrate,
+)
 from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
@@ -72,10 +80,6 @@ def _rolled_back(error: psycopg.OperationalError) -> bool:
     terminated by an administrator, may have come before or after the commit: unknown."""
     state = error.sqlstate
     return state is not None and not state.startswith("08") and state != "57P01"
-
-
-# The schema is missing or older: a table, function or column is not there.
-_UNDEFINED = frozenset({"42P01", "42883", "42703"})
 
 
 def _check_number(name: str, value: object, *kinds: type) -> None:
@@ -242,7 +246,7 @@ class PostgresLedger:
             return LedgerConnectionError(self.path, f"{error}{detail}", known)
         # Refused by the server (the statement rolled back) or before it was sent.
         reason = str(error).strip()
-        if error.sqlstate in _UNDEFINED:
+        if error.sqlstate in MISSING_SCHEMA:
             reason += f" (is the schema at version {SCHEMA_VERSION}? run migrate())"
         if what:
             reason += f"; {what}was not committed"
@@ -382,9 +386,13 @@ class PostgresLedger:
         except psycopg.Error as error:
             raise LedgerConnectionError(self.path, f"cannot listen: {error}", None) from error
 
+        mine = self._key.hex()  # what a commit to this ledger notifies; others are skipped
+
         def wait(seconds: float) -> None:
-            for _ in listener.notifies(timeout=seconds, stop_after=1):
-                pass
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if any(n.payload == mine for n in listener.notifies(timeout=left, stop_after=1)):
+                    return
 
         try:
             yield wait
