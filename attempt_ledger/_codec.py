@@ -291,6 +291,24 @@ def empty_append(path: Path, last_seq: int, expected_last_seq: int | None) -> Ap
     return AppendSummary(path, last_seq, 0)
 
 
+def check_expected_last_seq(path: Path, expected_last_seq: object) -> int | None:
+    """Check an append's ``expected_last_seq``: ``None``, or an int (not a bool) in
+    ``0..2**64-1``; every backend checks it the same way before any I/O.
+
+    :returns: the value as a plain ``int`` (an int subclass is not passed on), or ``None``.
+    :raises InvalidEvent: naming ``path`` and what is wrong; nothing is written.
+    """
+    if expected_last_seq is None:
+        return None
+    if not isinstance(expected_last_seq, int) or isinstance(expected_last_seq, bool):
+        kind = type(expected_last_seq).__name__
+        raise InvalidEvent(path, f"expected_last_seq must be an int or None, not {kind}")
+    if not 0 <= expected_last_seq <= U64_MAX:
+        reason = f"expected_last_seq {expected_last_seq} is outside 0..{U64_MAX}"
+        raise InvalidEvent(path, reason)
+    return int(expected_last_seq)
+
+
 class IndexedValueError(ValueError):
     """A :class:`ValueError` about one event of a batch."""
 

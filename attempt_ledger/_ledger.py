@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from ._codec import EncodedBatch, empty_append, encode_batch
+from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerIOError, SeqConflict, SeqExhausted
 from ._locking import SidecarLock
 from ._paths import lock_path_for, receipts_path
@@ -150,6 +150,7 @@ class AttemptLedger:
         :raises LockTimeout: if ``lock_timeout`` expires first.
         :raises LedgerIOError: if a system call fails; the file is left as it was.
         """
+        expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
         cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
         head = cached[2] if cached is not None and cached[:2] == (attempt, session_id) else None
         ids = (self.run_id, self.node_id, attempt, session_id)

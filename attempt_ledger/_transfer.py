@@ -9,7 +9,8 @@ import psycopg
 
 from ._errors import LedgerError
 from ._ledger import AttemptLedger
-from ._reader import iter_decoded
+from ._pgschema import id_bytes, id_text, ledger_key, ledger_name
+from ._reader import iter_decoded, open_ledger
 
 
 def copy_to_postgres(path: str | os.PathLike[str], conninfo: str) -> tuple[str, str, int]:
@@ -19,9 +20,14 @@ def copy_to_postgres(path: str | os.PathLike[str], conninfo: str) -> tuple[str, 
     be empty, and every record in the file must carry the same raw ids.
 
     :returns: ``(run_id, node_id, records copied)``; ``("", "", 0)`` for a file without records.
-    :raises LedgerError: if the file holds records of several ledgers (a path collision) or the
-        database ledger already has records; the database is then unchanged.
+    :raises LedgerError: if there is no such file, the file holds records of several ledgers (a
+        path collision) or the database ledger already has records; the database is then
+        unchanged.
     """
+    fd = open_ledger(path)
+    if fd is None:
+        raise LedgerError(path, "no such ledger")
+    os.close(fd)
     rows: list[tuple[str, str, int, bytes]] = []
     for record, line, _ in iter_decoded(path):
         if record is not None and line is not None:
@@ -31,25 +37,29 @@ def copy_to_postgres(path: str | os.PathLike[str], conninfo: str) -> tuple[str, 
         raise LedgerError(path, f"records of {len(ids)} ledgers share this file: {sorted(ids)}")
     if not rows:
         return "", "", 0
-    key = ids.pop()
+    run_id, node_id = ids.pop()
+    key = ledger_key(run_id, node_id)
     with psycopg.connect(conninfo) as conn, conn.transaction():
         conn.execute(
-            "INSERT INTO attempt_ledger_heads VALUES (%s, %s, 0) ON CONFLICT DO NOTHING", key
+            "INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key)"
+            " VALUES (%s, %s, 0, %s) ON CONFLICT DO NOTHING",
+            (id_bytes(run_id), id_bytes(node_id), key),
         )
         row = conn.execute(
-            "SELECT last_seq FROM attempt_ledger_heads"
-            " WHERE run_id = %s AND node_id = %s FOR UPDATE",
-            key,
+            "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s FOR UPDATE", (key,)
         ).fetchone()
         if row is not None and row[0]:
-            raise LedgerError(path, f"the database already has records for {key[0]!r}/{key[1]!r}")
+            raise LedgerError(path, f"the database already has records for {run_id!r}/{node_id!r}")
         with conn.cursor() as cursor:
-            cursor.executemany("INSERT INTO attempt_ledger_receipts VALUES (%s, %s, %s, %s)", rows)
+            cursor.executemany(
+                "INSERT INTO attempt_ledger_receipts (key, seq, line) VALUES (%s, %s, %s)",
+                [(key, seq, line) for _, _, seq, line in rows],
+            )
         conn.execute(
-            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE run_id = %s AND node_id = %s",
-            (max(seq for _, _, seq, _ in rows), *key),
+            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s",
+            (max(seq for _, _, seq, _ in rows), key),
         )
-    return key[0], key[1], len(rows)
+    return run_id, node_id, len(rows)
 
 
 def copy_from_postgres(
@@ -60,31 +70,36 @@ def copy_from_postgres(
     Written under the file ledger's lock, so no appender interleaves.
 
     :returns: the file written.
-    :raises LedgerError: if the file ledger exists and is not empty; it is then unchanged.
+    :raises LedgerError: if the database has no such ledger, or the file ledger exists and is
+        not empty; nothing is then written.
     """
-    target = AttemptLedger(root, run_id, node_id)
-    target._lock.acquire()  # creates the run directory too
-    try:
-        if target.path.exists() and target.path.stat().st_size:
-            raise LedgerError(target.path, "the file ledger is not empty")
-        query = (
-            "SELECT line FROM attempt_ledger_receipts"
-            " WHERE run_id = %s AND node_id = %s ORDER BY seq"
-        )
-        with psycopg.connect(conninfo) as conn, open(target.path, "ab") as out:
-            for (line,) in conn.execute(query, (run_id, node_id)):
-                out.write(bytes(line) + b"\n")
-    finally:
-        target._lock.release()
-        target.close()
+    key = ledger_key(run_id, node_id)
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SELECT last_seq FROM attempt_ledger_heads WHERE key = %s", (key,))
+        if not any(last_seq for (last_seq,) in row):
+            raise LedgerError(ledger_name(run_id, node_id), "no such ledger in the database")
+        target = AttemptLedger(root, run_id, node_id)
+        target._lock.acquire()  # creates the run directory too
+        try:
+            if target.path.exists() and target.path.stat().st_size:
+                raise LedgerError(target.path, "the file ledger is not empty")
+            query = "SELECT line FROM attempt_ledger_receipts WHERE key = %s ORDER BY seq"
+            with open(target.path, "ab") as out:
+                for (line,) in conn.execute(query, (key,)):
+                    out.write(bytes(line) + b"\n")
+        finally:
+            target._lock.release()
+            target.close()
     return target.path
 
 
 def ledger_ids(conninfo: str) -> list[tuple[str, str]]:
-    """Every (run_id, node_id) the database holds, sorted.
+    """Every (run_id, node_id) the database holds records of, sorted by code point.
 
     :raises psycopg.Error: if the database cannot be reached or read.
     """
     with psycopg.connect(conninfo) as conn:
-        rows = conn.execute("SELECT run_id, node_id FROM attempt_ledger_heads ORDER BY 1, 2")
-        return [(run_id, node_id) for run_id, node_id in rows]
+        rows = conn.execute(
+            "SELECT run_id, node_id FROM attempt_ledger_heads WHERE last_seq > 0 ORDER BY 1, 2"
+        )
+        return [(id_text(run_id), id_text(node_id)) for run_id, node_id in rows]

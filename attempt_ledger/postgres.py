@@ -16,69 +16,47 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from ._codec import EncodedBatch, decode_record, empty_append, encode_batch
+from ._codec import (
+    EncodedBatch,
+    check_expected_last_seq,
+    decode_record,
+    empty_append,
+    encode_batch,
+)
 from ._errors import LedgerError, SeqConflict, SeqExhausted
+from ._pgschema import (
+    CHANNEL,
+    MISSING_SCHEMA,
+    SCHEMA_VERSION,
+    id_bytes,
+    ledger_key,
+    ledger_name,
+    migrate,
+)
 from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
+from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
 
 __all__ = [
     "CHANNEL",
     "SCHEMA_VERSION",
     "LedgerConnectionError",
+    "LedgerDatabaseError",
     "PostgresLedger",
     "copy_from_postgres",
     "copy_to_postgres",
     "ledger_ids",
     "migrate",
 ]
-from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
-
-#: The schema version :func:`migrate` creates.
-SCHEMA_VERSION = 1
-CHANNEL = "attempt_ledger"
-
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS attempt_ledger_schema (version integer NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS attempt_ledger_heads (
-        run_id text NOT NULL, node_id text NOT NULL, last_seq numeric(20, 0) NOT NULL,
-        PRIMARY KEY (run_id, node_id))""",
-    """CREATE TABLE IF NOT EXISTS attempt_ledger_receipts (
-        run_id text NOT NULL, node_id text NOT NULL, seq numeric(20, 0) NOT NULL,
-        line bytea NOT NULL, PRIMARY KEY (run_id, node_id, seq))""",
-    # An append in one round trip: lock (creating if need be) the head row, check, insert the
-    # lines built from the client's encoded pieces and the seqs, move the head, notify.
-    """CREATE OR REPLACE FUNCTION attempt_ledger_append(
-        r text, n text, expected numeric, head bytea, middle bytea, tails bytea[], channel text,
-        OUT ok boolean, OUT last numeric) LANGUAGE plpgsql AS $$
-    DECLARE count integer := cardinality(tails);
-    BEGIN
-        INSERT INTO attempt_ledger_heads VALUES (r, n, 0) ON CONFLICT DO NOTHING;
-        SELECT h.last_seq INTO last FROM attempt_ledger_heads h
-            WHERE h.run_id = r AND h.node_id = n FOR UPDATE;
-        IF (expected IS NOT NULL AND expected <> last) OR last + count > 18446744073709551615
-        THEN
-            ok := false;
-            RETURN;
-        END IF;
-        INSERT INTO attempt_ledger_receipts
-            SELECT r, n, last + i, head || convert_to((last + i)::text, 'UTF8') || middle || tail
-            FROM unnest(tails) WITH ORDINALITY AS t(tail, i);
-        UPDATE attempt_ledger_heads h SET last_seq = last + count
-            WHERE h.run_id = r AND h.node_id = n;
-        PERFORM pg_notify(channel, r || E'\\n' || n);
-        ok := true;
-    END $$""",
-]
 
 
-class LedgerConnectionError(LedgerError):
-    """The database connection failed during an operation.
+class LedgerDatabaseError(LedgerError):
+    """The database failed or refused an operation.
 
     :ivar committed: for an append, ``False`` when the batch is known not to be committed,
         ``None`` when the connection was lost while committing and nobody can tell.
@@ -92,6 +70,10 @@ class LedgerConnectionError(LedgerError):
         return type(self), (self.path, self.reason, self.committed)
 
 
+class LedgerConnectionError(LedgerDatabaseError):
+    """The database connection failed during an operation."""
+
+
 def _rolled_back(error: psycopg.OperationalError) -> bool:
     """Whether the server reported ``error`` while running the statement, so that it rolled
     the statement back (a statement or lock timeout). A lost connection, or a backend
@@ -100,25 +82,11 @@ def _rolled_back(error: psycopg.OperationalError) -> bool:
     return state is not None and not state.startswith("08") and state != "57P01"
 
 
-def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
-    """Create the tables if they are missing; idempotent, safe to run concurrently.
-
-    :returns: the schema version now in place.
-    :raises psycopg.Error: if the database refuses.
-    """
-    conn = psycopg.connect(conninfo) if isinstance(conninfo, str) else conninfo
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('attempt_ledger_migrate'))")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            row = conn.execute("SELECT max(version) FROM attempt_ledger_schema").fetchone()
-            if row is None or row[0] is None:
-                conn.execute("INSERT INTO attempt_ledger_schema VALUES (%s)", (SCHEMA_VERSION,))
-        return SCHEMA_VERSION
-    finally:
-        if isinstance(conninfo, str):
-            conn.close()
+def _check_number(name: str, value: object, *kinds: type) -> None:
+    # Caught before any I/O, rather than as a database error halfway through or a wrong answer.
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:  # NaN
+        wanted = " or ".join(kind.__name__ for kind in kinds)
+        raise TypeError(f"{name} must be {wanted}, not {value!r}")
 
 
 class PostgresLedger:
@@ -126,10 +94,14 @@ class PostgresLedger:
 
     :param conninfo: a connection string (the ledger opens and owns one connection, and
         reopens it after a failure or in a fork child); a ``psycopg.Connection`` the caller owns
-        (used as is, never closed; it must be in autocommit mode and must not cross a fork); or
-        a connection pool (anything with psycopg_pool's ``connection()`` context manager: a
-        connection is borrowed per operation and given back, also on errors).
-    :raises TypeError: if ``run_id`` or ``node_id`` is not a ``str``.
+        (used as is, never closed; it must not cross a fork); or a connection pool (anything with
+        psycopg_pool's ``connection()`` context manager: a connection is borrowed per operation
+        and given back, also on errors). Each operation commits on its own: a borrowed
+        connection that is not in autocommit mode gets a transaction block per operation, and
+        one with a transaction already open is refused (the append would be committed, or lost,
+        with the caller's transaction, holding the ledger's row lock until then).
+    :raises TypeError: if ``conninfo`` is none of these, or ``run_id`` or ``node_id`` is not a
+        ``str``.
     """
 
     def __init__(
@@ -138,7 +110,17 @@ class PostgresLedger:
         for name, value in (("run_id", run_id), ("node_id", node_id)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be str, not {type(value).__name__}")
+        if not isinstance(conninfo, (str, psycopg.Connection)) and not callable(
+            getattr(conninfo, "connection", None)
+        ):
+            raise TypeError(
+                "conninfo must be a connection string, a psycopg.Connection or a pool with a"
+                f" connection() method, not {type(conninfo).__name__}"
+            )
         self.run_id, self.node_id = run_id, node_id
+        # Stored and looked up by a digest of the ids: see _pgschema.
+        self._key = ledger_key(run_id, node_id)
+        self._ids = (id_bytes(run_id), id_bytes(node_id))
         self._conninfo = conninfo if isinstance(conninfo, str) else None
         self._pool = None if isinstance(conninfo, (str, psycopg.Connection)) else conninfo
         self._conn: psycopg.Connection[Any] | None = (
@@ -146,15 +128,36 @@ class PostgresLedger:
         )
         self._pid = os.getpid()
         #: Names the ledger in errors: ``postgres:/<run_id>/<node_id>``.
-        self.path = Path("postgres:") / run_id / node_id
+        self.path = ledger_name(run_id, node_id)
 
     @contextlib.contextmanager
     def _use(self) -> Iterator[psycopg.Connection[Any]]:
         if self._pool is not None:
-            with self._pool.connection() as conn:
+            with self._pool.connection() as conn, self._own_transaction(conn):
                 yield conn
         else:
-            yield self._connection()
+            conn = self._connection()
+            with self._own_transaction(conn):
+                yield conn
+
+    def _own_transaction(
+        self, conn: psycopg.Connection[Any]
+    ) -> contextlib.AbstractContextManager[Any]:
+        # An operation must be committed when it returns: on an autocommit connection it is;
+        # on another one it gets a transaction block of its own.
+        # (ACTIVE: another thread's statement; psycopg's lock makes ours wait for it.)
+        status = conn.info.transaction_status
+        if status not in (
+            psycopg.pq.TransactionStatus.INTRANS,
+            psycopg.pq.TransactionStatus.INERROR,
+        ):
+            return contextlib.nullcontext() if conn.autocommit else conn.transaction()
+        raise LedgerDatabaseError(
+            self.path,
+            f"the connection is in a transaction ({status.name}): the ledger commits each"
+            " operation itself; give it an autocommit connection or one with no transaction open",
+            False,
+        )
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conninfo is not None and (self._conn is None or self._pid != os.getpid()):
@@ -197,36 +200,34 @@ class PostgresLedger:
 
         Same validation, results and errors as :meth:`AttemptLedger.append`.
 
-        :raises InvalidEvent: if an id, ``attempt`` or an event is not valid.
+        :raises InvalidEvent: if an id, ``attempt``, an event or ``expected_last_seq`` (an int
+            in ``0..2**64-1``, or ``None``) is not valid; nothing is written.
         :raises SeqConflict: if ``expected_last_seq`` is given and is not the last seq.
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``.
         :raises LedgerConnectionError: if the connection fails; ``committed`` tells what is known.
         """
+        expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
         batch = encode_batch(self.path, self.run_id, self.node_id, attempt, session_id, events)
         if not batch.tails:
             return empty_append(self.path, self.last_seq(), expected_last_seq)
         return self._append(batch, expected_last_seq)
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
-        key = (self.run_id, self.node_id)
         count = len(batch.tails)
         committing = False
         try:
             with self._use() as conn:
                 # The batch's pieces go to the server, which numbers the lines under the head
-                # row's lock: one round trip, one implicit transaction.
+                # row's lock: one round trip, one transaction.
                 middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
                 tails = [tail[:-1] for tail in batch.tails]  # stored without the newline
                 committing = True
                 row = conn.execute(
-                    "SELECT ok, last FROM attempt_ledger_append(%s, %s, %s, %s, %s, %s, %s)",
-                    (*key, expected_last_seq, batch.head, middle, tails, CHANNEL),
+                    "SELECT ok, last FROM attempt_ledger_append(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (self._key, *self._ids, expected_last_seq, batch.head, middle, tails, CHANNEL),
                 ).fetchone()
-        except psycopg.OperationalError as error:
-            self.close()
-            known = None if committing and not _rolled_back(error) else False
-            state = "may or may not be committed" if known is None else "was not committed"
-            raise LedgerConnectionError(self.path, f"{error}; the batch {state}", known) from error
+        except psycopg.Error as error:
+            raise self._failure(error, committing, "the batch ") from error
         assert row is not None
         ok, last_seq = row[0], int(row[1])
         if not ok:
@@ -235,33 +236,53 @@ class PostgresLedger:
             raise SeqExhausted(self.path, last_seq, count)
         return AppendSummary(self.path, last_seq + count, count)
 
+    def _failure(self, error: psycopg.Error, committing: bool, what: str) -> LedgerDatabaseError:
+        """The error to raise for ``error``; ``what`` names the write it interrupted, if any."""
+        if isinstance(error, psycopg.OperationalError):
+            self.close()
+            known = None if committing and not _rolled_back(error) else False
+            state = "may or may not be committed" if known is None else "was not committed"
+            detail = f"; {what}{state}" if what else ""
+            return LedgerConnectionError(self.path, f"{error}{detail}", known)
+        # Refused by the server (the statement rolled back) or before it was sent.
+        reason = str(error).strip()
+        if error.sqlstate in MISSING_SCHEMA:
+            reason += f" (is the schema at version {SCHEMA_VERSION}? run migrate())"
+        if what:
+            reason += f"; {what}was not committed"
+        return LedgerDatabaseError(self.path, reason, False)
+
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.
 
-        :raises LedgerConnectionError: if the connection fails.
+        :raises LedgerDatabaseError: if the database fails (a ``LedgerConnectionError`` if the
+            connection does).
         """
-        rows = self._query(
-            "SELECT last_seq FROM attempt_ledger_heads WHERE run_id = %s AND node_id = %s"
-        )
+        rows = self._query("SELECT last_seq FROM attempt_ledger_heads WHERE key = %s")
         return int(rows[0][0]) if rows else 0
 
     def records(self) -> list[ReceiptRecord]:
         """Return every record, in seq order.
 
-        :raises LedgerConnectionError: if the connection fails.
+        :raises LedgerDatabaseError: if the database fails.
         """
         return list(self.iter_records())
 
     def iter_records(self, since_seq: int = 0) -> Iterator[ReceiptRecord]:
         """Yield the records with ``seq > since_seq`` in seq order, fetched in pages.
 
-        :raises LedgerConnectionError: if the connection fails.
+        :raises TypeError: if ``since_seq`` is not an int.
+        :raises LedgerDatabaseError: if the database fails.
         """
+        _check_number("since_seq", since_seq, int)
+        return self._iter_records(since_seq)
+
+    def _iter_records(self, since_seq: int) -> Iterator[ReceiptRecord]:
         last = since_seq
         while True:
             rows = self._query(
-                "SELECT seq, line FROM attempt_ledger_receipts WHERE run_id = %s AND node_id = %s"
-                " AND seq > %s ORDER BY seq LIMIT 1000",
+                "SELECT seq, line FROM attempt_ledger_receipts WHERE key = %s AND seq > %s"
+                " ORDER BY seq LIMIT 1000",
                 (last,),
             )
             for seq, line in rows:
@@ -275,10 +296,9 @@ class PostgresLedger:
     def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> list[Any]:
         try:
             with self._use() as conn:
-                return conn.execute(sql, (self.run_id, self.node_id, *extra)).fetchall()
-        except psycopg.OperationalError as error:
-            self.close()
-            raise LedgerConnectionError(self.path, str(error), None) from error
+                return conn.execute(sql, (self._key, *extra)).fetchall()
+        except psycopg.Error as error:
+            raise self._failure(error, False, "") from error
 
     def reconcile(
         self,
@@ -292,8 +312,12 @@ class PostgresLedger:
         :meth:`AttemptLedger.reconcile`; a commit's notification ends a wait at once, and the
         poll interval is only the fallback.
 
-        :raises LedgerConnectionError: if the connection fails.
+        :raises TypeError: if an argument is not a number of the right kind.
+        :raises LedgerDatabaseError: if the database fails.
         """
+        _check_number("expected_min_seq", expected_min_seq, int)
+        _check_number("max_wait_ms", max_wait_ms, int, float)
+        _check_number("poll_interval_ms", poll_interval_ms, int, float)
         with self._listening() as wait:
             return reconcile(
                 self.last_seq,
@@ -317,11 +341,28 @@ class PostgresLedger:
         :meth:`AttemptLedger.follow`; woken by notifications, ``stop`` is seen within one
         ``poll_interval``.
 
-        :raises LedgerConnectionError: if the connection fails.
+        :raises TypeError: if an argument is of the wrong kind.
+        :raises LedgerDatabaseError: if the database fails.
         """
+        _check_number("since_seq", since_seq, int)
+        _check_number("poll_interval", poll_interval, int, float)
+        if timeout is not None:
+            _check_number("timeout", timeout, int, float)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise TypeError(f"stop must be a threading.Event or None, not {stop!r}")
+        return self._follow(since_seq, poll_interval, stop, timeout, clock)
+
+    def _follow(
+        self,
+        since_seq: int,
+        poll_interval: float,
+        stop: threading.Event | None,
+        timeout: float | None,
+        clock: Callable[[], float],
+    ) -> Iterator[ReceiptRecord]:
         with self._listening() as wait:
             yield from follow_with(
-                self.iter_records,
+                self._iter_records,
                 self.last_seq,
                 since_seq,
                 poll_interval=poll_interval,
@@ -334,20 +375,24 @@ class PostgresLedger:
     @contextlib.contextmanager
     def _listening(self) -> Iterator[Callable[[float], None]]:
         # LISTEN before the first read, so that no commit after it goes unnoticed.
-        if self._conninfo is not None:
-            conninfo = self._conninfo
-        else:
-            with self._use() as conn:
-                conninfo = conn.info.dsn  # without the password: see the README
         try:
+            if self._conninfo is not None:
+                conninfo = self._conninfo
+            else:
+                with self._use() as conn:
+                    conninfo = conn.info.dsn  # without the password: see the README
             listener = psycopg.connect(conninfo, autocommit=True)
             listener.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as error:
             raise LedgerConnectionError(self.path, f"cannot listen: {error}", None) from error
 
+        mine = self._key.hex()  # what a commit to this ledger notifies; others are skipped
+
         def wait(seconds: float) -> None:
-            for _ in listener.notifies(timeout=seconds, stop_after=1):
-                pass
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if any(n.payload == mine for n in listener.notifies(timeout=left, stop_after=1)):
+                    return
 
         try:
             yield wait

@@ -43,7 +43,7 @@ def pg_dsn() -> str:
     dsn = os.environ.get("ATTEMPT_LEDGER_PG_DSN")
     if not dsn:
         pytest.skip("no PostgreSQL: run under scripts/with-postgres (as .ci/run does)")
-    from attempt_ledger.postgres import migrate
+    from attempt_ledger.postgres import SCHEMA_VERSION, migrate
 
-    assert migrate(dsn) == migrate(dsn) == 1  # idempotent
+    assert migrate(dsn) == migrate(dsn) == SCHEMA_VERSION  # idempotent
     return dsn

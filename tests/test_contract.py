@@ -7,12 +7,15 @@ The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as unde
 from __future__ import annotations
 
 import multiprocessing
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from attempt_ledger import (
     AttemptLedger,
@@ -34,13 +37,15 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[Any] = []
     prefix = uuid.uuid4().hex  # a fresh namespace of runs in the shared database
 
-    def factory(run_id: str, node_id: str) -> Any:
+    def factory(run_id: str, node_id: str, *, raw: bool = False) -> Any:
+        # raw: the ids exactly as given (the database's other ledgers may share them).
         if request.param == "file":
             ledger: Any = AttemptLedger(tmp_path, run_id, node_id)
         else:
             from attempt_ledger.postgres import PostgresLedger
 
-            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), f"{prefix}{run_id}", node_id)
+            run = run_id if raw else f"{prefix}{run_id}"
+            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), run, node_id)
         opened.append(ledger)
         return ledger
 
@@ -101,6 +106,84 @@ def test_bad_input_writes_nothing(make: Factory, args: dict[str, Any]) -> None:
     assert [r.seq for r in ledger.records()] == [1]
 
 
+@pytest.mark.parametrize(
+    "expected",
+    ["1", b"1", 1.0, True, False, float("nan"), float("inf"), -1, 2**64, [1]],
+    ids=repr,
+)
+@pytest.mark.parametrize("events", [EV, []], ids=["batch", "empty"])
+def test_bad_expected_last_seq_is_refused(
+    make: Factory, expected: object, events: list[ReceiptEvent]
+) -> None:
+    ledger = make("r", "n")
+    ledger.append(1, "s", EV)
+    with pytest.raises(InvalidEvent, match="expected_last_seq"):
+        ledger.append(1, "s", events, expected_last_seq=expected)
+    assert [r.seq for r in ledger.records()] == [1]
+    assert ledger.append(1, "s", EV, expected_last_seq=1).seq == 2  # a plain int still works
+
+
+# Any str at all: NUL, lone surrogates (which no backend can encode), the odd and the empty.
+any_ids = st.one_of(
+    st.text(max_size=30), st.sampled_from(["", "\x00", "a\x00b", "\ud800", "\x00" * 40])
+)
+
+
+@given(run_id=any_ids, node_id=any_ids)
+def test_any_ids_work_alike(make: Factory, run_id: str, node_id: str) -> None:
+    # The ids may repeat across examples and backends share a database: compare with before.
+    ledger = make(run_id, node_id, raw=True)
+    try:
+        before = ledger.last_seq()
+        assert [r.seq for r in ledger.records()][-1:] == ([before] if before else [])
+        if not (_encodable(run_id) and _encodable(node_id)):
+            with pytest.raises(InvalidEvent, match="UTF-8"):
+                ledger.append(1, "s", EV)
+            assert ledger.last_seq() == before
+            return
+        assert ledger.append(1, "s", EV * 2).seq == before + 2
+        assert ledger.last_seq() == before + 2
+        *_, last = ledger.iter_records(since_seq=before)
+        assert (last.run_id, last.node_id, last.seq) == (run_id, node_id, before + 2)
+    finally:
+        ledger.close()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _incompressible(length: int, seed: int) -> str:
+    # Non-ASCII letters only: the file ledger sanitises them away, so its file name stays short.
+    rng = random.Random(seed)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(length))
+
+
+@pytest.mark.parametrize(
+    ("run_id", "node_id"),
+    [
+        ("a\x00b", "\x00"),
+        ("é" * 9000, "n"),
+        (_incompressible(9000, 1), _incompressible(9000, 2)),
+    ],
+    ids=["nul", "long", "long-random"],
+)
+def test_nul_and_long_ids(make: Factory, run_id: str, node_id: str) -> None:
+    prefix = uuid.uuid4().hex
+    ledger = make(prefix + run_id, node_id, raw=True)
+    assert (ledger.last_seq(), ledger.records()) == (0, [])
+    assert ledger.append(1, "s", EV).seq == 1
+    assert ledger.append(2, "t", EV * 2, expected_last_seq=1).seq == 3
+    assert ledger.reconcile(3, 0).found
+    assert [(r.run_id, r.node_id, r.seq) for r in ledger.records()] == [
+        (prefix + run_id, node_id, seq) for seq in (1, 2, 3)
+    ]
+
+
 def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
     ledger = make("r", "n")
     ledger.append(1, "s", EV)
@@ -109,8 +192,8 @@ def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
             f.write(b'{"seq":18446744073709551614}\n')
     else:
         ledger._connection().execute(
-            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE run_id = %s AND node_id = %s",
-            (2**64 - 2, ledger.run_id, ledger.node_id),
+            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s",
+            (2**64 - 2, ledger._key),
         )
     with pytest.raises(SeqExhausted):
         ledger.append(1, "s", EV * 2)
@@ -172,21 +255,25 @@ def test_processes_get_exact_seqs_on_postgres(pg_dsn: str, method: str) -> None:
         assert [r.seq for r in ledger.records()] == acknowledged
 
 
-def _append_after(dsn: str, run_id: str, started: Any) -> None:
+def _append_after(dsn: str, run_id: str, started: Any, others: int = 0) -> None:
     from attempt_ledger.postgres import PostgresLedger
 
     assert started.wait(timeout=60)
+    for node in range(others):  # other ledgers' commits, notified first
+        with PostgresLedger(dsn, run_id, f"other{node}") as other:
+            other.append(1, "s", EV)
     with PostgresLedger(dsn, run_id, "n") as ledger:
         ledger.append(1, "s", EV)
 
 
-def test_reconcile_wakes_on_notify(pg_dsn: str) -> None:
+@pytest.mark.parametrize("others", [0, 3])
+def test_reconcile_wakes_on_notify(pg_dsn: str, others: int) -> None:
     from attempt_ledger.postgres import PostgresLedger
 
     run_id = uuid.uuid4().hex
     ctx = multiprocessing.get_context("fork")
     started = ctx.Event()
-    child = ctx.Process(target=_append_after, args=(pg_dsn, run_id, started))
+    child = ctx.Process(target=_append_after, args=(pg_dsn, run_id, started, others))
     child.start()
     clock_calls: list[float] = []
 
@@ -205,7 +292,7 @@ def test_reconcile_wakes_on_notify(pg_dsn: str) -> None:
     finally:
         child.join(timeout=60)
     assert summary.found
-    assert summary.attempts == 2
+    assert summary.attempts == 2  # other ledgers' commits did not wake it for another read
 
 
 def test_follow_sees_new_records(make: Factory) -> None:

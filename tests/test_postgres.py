@@ -17,15 +17,20 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from attempt_ledger import AttemptLedger, LedgerError, ReceiptEvent, SeqConflict
+from attempt_ledger import AttemptLedger, InvalidEvent, LedgerError, ReceiptEvent, SeqConflict
+from attempt_ledger._codec import encode_batch
 
 from .strategies import attempts, ids, payloads
 
 psycopg = pytest.importorskip("psycopg")
 from attempt_ledger.postgres import (  # noqa: E402
+    SCHEMA_VERSION,
     LedgerConnectionError,
+    LedgerDatabaseError,
     PostgresLedger,
     copy_to_postgres,
+    ledger_ids,
+    migrate,
 )
 
 EV = [ReceiptEvent("e", {"k": 1})]
@@ -287,3 +292,255 @@ def test_postgres_ledger_against_model() -> None:
     run_state_machine_as_test(
         PostgresMachine, settings=settings(max_examples=15, stateful_step_count=15, deadline=None)
     )
+
+
+IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_connection_not_in_autocommit_mode_gets_a_transaction_per_operation(
+    dsn: str, run_id: str
+) -> None:
+    conn = psycopg.connect(dsn)  # autocommit off, psycopg's default
+    ledger = PostgresLedger(conn, run_id, "n")
+    assert ledger.append(1, "s", EV * 2).seq == 2
+    # Committed, and no transaction left open holding the head row's lock.
+    assert conn.info.transaction_status == IDLE
+    with PostgresLedger(f"{dsn} options='-c lock_timeout=5000'", run_id, "n") as other:
+        assert other.append(1, "s", EV).seq == 3
+    assert [r.seq for r in ledger.records()] == [1, 2, 3]
+    assert ledger.last_seq() == 3
+    assert conn.info.transaction_status == IDLE
+    with pytest.raises(SeqConflict):
+        ledger.append(1, "s", EV, expected_last_seq=0)
+    assert conn.info.transaction_status == IDLE
+    conn.close()  # without a commit: nothing of the ledger's was waiting for one
+    with PostgresLedger(dsn, run_id, "n") as other:
+        assert other.last_seq() == 3
+
+
+def test_a_connection_with_a_transaction_open_is_refused(dsn: str, run_id: str) -> None:
+    conn = psycopg.connect(dsn)
+    conn.execute("SELECT 1")  # the caller's transaction is open
+    ledger = PostgresLedger(conn, run_id, "n")
+    with pytest.raises(LedgerDatabaseError, match="in a transaction") as info:
+        ledger.append(1, "s", EV)
+    assert info.value.committed is False
+    with pytest.raises(LedgerDatabaseError, match="in a transaction"):
+        ledger.last_seq()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # left alone
+    conn.rollback()
+    auto = psycopg.connect(dsn, autocommit=True)
+    with auto.transaction(), pytest.raises(LedgerDatabaseError, match="in a transaction"):
+        PostgresLedger(auto, run_id, "n").append(1, "s", EV)
+    with PostgresLedger(dsn, run_id, "n") as other:
+        assert other.last_seq() == 0
+    assert ledger.append(1, "s", EV).seq == 1  # once the transaction is over, all is well
+    conn.close()
+    auto.close()
+
+
+class BarePool:
+    """A pool that lends its connection, not in autocommit mode, and neither commits nor
+    rolls back when it comes back."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        yield self.conn
+
+
+def test_a_pool_of_connections_not_in_autocommit_mode(dsn: str, run_id: str) -> None:
+    pool = BarePool(dsn)
+    ledger = PostgresLedger(pool, run_id, "n")
+    assert ledger.append(1, "s", EV).seq == 1
+    assert pool.conn.info.transaction_status == IDLE
+    pool.conn.close()
+    with PostgresLedger(dsn, run_id, "n") as other:
+        assert other.last_seq() == 1
+
+
+@pytest.mark.parametrize(
+    "conninfo", [None, 5, b"dbname=x", object()], ids=["None", "int", "bytes", "object"]
+)
+def test_conninfo_of_the_wrong_type(conninfo: object) -> None:
+    with pytest.raises(TypeError, match="conninfo must be"):
+        PostgresLedger(conninfo, "r", "n")
+    with pytest.raises(TypeError, match="conninfo must be"):
+        migrate(conninfo)  # type: ignore[arg-type]
+
+
+def test_arguments_of_the_wrong_type_write_nothing(dsn: str, run_id: str) -> None:
+    ledger = PostgresLedger(dsn, run_id, "n")
+    ledger.append(1, "s", EV)
+    with pytest.raises(TypeError, match="run_id"):
+        PostgresLedger(dsn, 5, "n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="node_id"):
+        PostgresLedger(dsn, "r", None)  # type: ignore[arg-type]
+    for attempt, session, events in [
+        (True, "s", EV),
+        (-1, "s", EV),
+        ("1", "s", EV),
+        (1, 5, EV),
+        (1, "s", [5]),
+        (1, "s", [ReceiptEvent(5)]),  # type: ignore[arg-type]
+        (1, "s", [ReceiptEvent("e", {1: 2})]),
+    ]:
+        with pytest.raises(InvalidEvent):
+            ledger.append(attempt, session, events)
+    for since in ["1", 1.5, True, None, float("nan")]:
+        with pytest.raises(TypeError, match="since_seq"):
+            list(ledger.iter_records(since))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="since_seq"):
+            list(ledger.follow(since, timeout=0))  # type: ignore[arg-type]
+    for args, name in [
+        (("1", 10), "expected_min_seq"),
+        ((1, "10"), "max_wait_ms"),
+        ((1, float("nan")), "max_wait_ms"),
+        ((1, 10, None), "poll_interval_ms"),
+    ]:
+        with pytest.raises(TypeError, match=name):
+            ledger.reconcile(*args)
+    for kwargs, name in [
+        ({"poll_interval": "x"}, "poll_interval"),
+        ({"timeout": "1"}, "timeout"),
+        ({"stop": 5}, "stop"),
+    ]:
+        with pytest.raises(TypeError, match=name):
+            ledger.follow(1, **kwargs)
+    assert [r.seq for r in ledger.records()] == [1]
+    ledger.close()
+
+
+def test_ids_are_keyed_unambiguously(dsn: str, run_id: str) -> None:
+    with (
+        PostgresLedger(dsn, f"{run_id}ab", "c") as one,
+        PostgresLedger(dsn, f"{run_id}a", "bc") as other,
+        PostgresLedger(dsn, f"{run_id}a\x00", "bc") as third,
+    ):
+        one.append(1, "s", EV)
+        assert (other.last_seq(), third.last_seq()) == (0, 0)
+        third.append(1, "s", EV * 2)
+        assert (one.last_seq(), other.last_seq(), third.last_seq()) == (1, 0, 2)
+
+
+def test_a_refused_optimistic_append_leaves_no_ledger_behind(dsn: str, run_id: str) -> None:
+    with PostgresLedger(dsn, run_id, "n") as ledger, pytest.raises(SeqConflict):
+        ledger.append(1, "s", EV, expected_last_seq=3)
+    assert not [ids for ids in ledger_ids(dsn) if ids[0] == run_id]
+
+
+def test_copying_a_ledger_that_does_not_exist_says_so(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    from .test_cli import run
+
+    env = {**os.environ, "ATTEMPT_LEDGER_PG_DSN": dsn}
+    with PostgresLedger(dsn, run_id, "empty") as ledger, pytest.raises(SeqConflict):
+        ledger.append(1, "s", EV, expected_last_seq=3)  # a head row, but no records
+    for node in ("n", "empty"):
+        out = run(tmp_path / "out", "from-postgres", run_id, node, env=env)
+        assert (out.returncode, out.stdout) == (3, ""), out
+        assert "no such ledger in the database" in out.stderr
+        assert f"{run_id}/{node}" in out.stderr
+    assert not (tmp_path / "out").exists()  # not even the run directory or a lock file
+    into = run(tmp_path / "in", "to-postgres", run_id, "n", env=env)
+    assert (into.returncode, into.stdout) == (3, ""), into
+    assert "no such ledger" in into.stderr
+    assert str(AttemptLedger(tmp_path / "in", run_id, "n").path) in into.stderr
+    assert not (tmp_path / "in").exists()
+    with PostgresLedger(dsn, run_id, "n") as ledger:
+        assert ledger.last_seq() == 0
+
+
+# Version 1 of the schema, as attempt_ledger 0.1.0's migrate() created it.
+_V1_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS attempt_ledger_schema (version integer NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS attempt_ledger_heads (
+        run_id text NOT NULL, node_id text NOT NULL, last_seq numeric(20, 0) NOT NULL,
+        PRIMARY KEY (run_id, node_id))""",
+    """CREATE TABLE IF NOT EXISTS attempt_ledger_receipts (
+        run_id text NOT NULL, node_id text NOT NULL, seq numeric(20, 0) NOT NULL,
+        line bytea NOT NULL, PRIMARY KEY (run_id, node_id, seq))""",
+    # An append in one round trip: lock (creating if need be) the head row, check, insert the
+    # lines built from the client's encoded pieces and the seqs, move the head, notify.
+    """CREATE OR REPLACE FUNCTION attempt_ledger_append(
+        r text, n text, expected numeric, head bytea, middle bytea, tails bytea[], channel text,
+        OUT ok boolean, OUT last numeric) LANGUAGE plpgsql AS $$
+    DECLARE count integer := cardinality(tails);
+    BEGIN
+        INSERT INTO attempt_ledger_heads VALUES (r, n, 0) ON CONFLICT DO NOTHING;
+        SELECT h.last_seq INTO last FROM attempt_ledger_heads h
+            WHERE h.run_id = r AND h.node_id = n FOR UPDATE;
+        IF (expected IS NOT NULL AND expected <> last) OR last + count > 18446744073709551615
+        THEN
+            ok := false;
+            RETURN;
+        END IF;
+        INSERT INTO attempt_ledger_receipts
+            SELECT r, n, last + i, head || convert_to((last + i)::text, 'UTF8') || middle || tail
+            FROM unnest(tails) WITH ORDINALITY AS t(tail, i);
+        UPDATE attempt_ledger_heads h SET last_seq = last + count
+            WHERE h.run_id = r AND h.node_id = n;
+        PERFORM pg_notify(channel, r || E'\\n' || n);
+        ok := true;
+    END $$""",
+]
+
+
+_ALL_LINES = "SELECT seq, line FROM attempt_ledger_receipts ORDER BY line"
+
+
+@pytest.fixture
+def fresh_dsn(dsn: str) -> Iterator[str]:
+    """A new, empty database on the same server, dropped afterwards."""
+    name = f"attempt_ledger_{uuid.uuid4().hex}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield psycopg.conninfo.make_conninfo(dsn, dbname=name)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_migrate_upgrades_a_version_1_database_in_place(fresh_dsn: str) -> None:
+    ledgers = [("run/1", "node:a", 3), ("é\u3000ü", "n", 2), ("a", "bc", 1), ("ab", "c", 1)]
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for statement in _V1_SCHEMA:
+            conn.execute(statement)
+        conn.execute("INSERT INTO attempt_ledger_schema VALUES (1)")
+        for run_id, node_id, count in ledgers:
+            batch = encode_batch(Path(), run_id, node_id, 7, "s", [ReceiptEvent("e", {"k": 1})])
+            tails = [tail[:-1] for tail in batch.tails]  # stored without the newline
+            for _ in range(count):
+                conn.execute(
+                    "SELECT * FROM attempt_ledger_append(%s, %s, NULL, %s, %s, %s, 'x')",
+                    (run_id, node_id, batch.head, b',"ts_ms":5,"event_type":', tails),
+                )
+        old_lines = conn.execute(_ALL_LINES).fetchall()
+    with pytest.raises(LedgerDatabaseError, match="run migrate"):
+        PostgresLedger(fresh_dsn, "run/1", "node:a").last_seq()  # the v1 tables: no key column
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 2
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
+    for run_id, node_id, count in ledgers:
+        with PostgresLedger(fresh_dsn, run_id, node_id) as ledger:
+            assert ledger.last_seq() == count
+            assert [(r.run_id, r.node_id, r.seq, r.ts_ms) for r in ledger.records()] == [
+                (run_id, node_id, seq, 5) for seq in range(1, count + 1)
+            ]
+            assert ledger.append(1, "s", EV).seq == count + 1
+    assert ledger_ids(fresh_dsn) == sorted((r, n) for r, n, _ in ledgers)
+
+
+def test_a_database_without_the_schema_or_with_a_newer_one(fresh_dsn: str) -> None:
+    with pytest.raises(LedgerDatabaseError, match="run migrate") as info:
+        PostgresLedger(fresh_dsn, "r", "n").append(1, "s", EV)
+    assert info.value.committed is False
+    assert migrate(fresh_dsn) == SCHEMA_VERSION
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE attempt_ledger_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(LedgerError, match="knows up to"):
+        migrate(fresh_dsn)
