@@ -144,9 +144,12 @@ def _ledger_name(node_id: str) -> str:
 
 
 def _remove_ledger(path: Path, lock_timeout: float | None, keep: _Keep | None) -> Removal:
+    if not _is_run_dir(path.parent):
+        return Removal(path)
     lock_path = lock_path_for(path)
+    had_ledger = _check_file(path) is not None
     had_lock_file = _check_file(lock_path) is not None
-    if _check_file(path) is None and not had_lock_file:
+    if not (had_ledger or had_lock_file):
         return Removal(path)
     lock = SidecarLock(lock_path, make_parent=_gone)
     try:
@@ -162,7 +165,7 @@ def _remove_ledger(path: Path, lock_timeout: float | None, keep: _Keep | None) -
             if _unlink(path, "remove the ledger"):
                 removed.append(path)
         # The lock file we hold, while we hold it: whoever takes it next sees it unlinked.
-        if _unlink(lock_path, "remove the lock file") and (removed or had_lock_file):
+        if _unlink(lock_path, "remove the lock file") and had_lock_file:
             removed.append(lock_path)
         return Removal(path, tuple(removed))
     finally:
@@ -171,12 +174,8 @@ def _remove_ledger(path: Path, lock_timeout: float | None, keep: _Keep | None) -
 
 
 def _remove_run(run_dir: Path, lock_timeout: float | None, keep: _Keep | None) -> Removal:
-    try:
-        mode = _lstat(run_dir).st_mode
-    except FileNotFoundError:
+    if not _is_run_dir(run_dir):
         return Removal(run_dir)
-    if not stat.S_ISDIR(mode):
-        raise LedgerIOError(run_dir, f"is {_kind(mode)}, not a run directory; not removed")
     try:
         names = os.listdir(run_dir)
     except FileNotFoundError:
@@ -231,6 +230,20 @@ def _lstat(path: Path) -> os.stat_result:
         raise LedgerIOError.wrap(path, "stat", error) from error
     except ValueError as error:  # an embedded NUL: no such file can exist
         raise ValueError(f"{path!r}: {error}") from None
+
+
+def _is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory; ``False`` if there is nothing there.
+
+    :raises LedgerIOError: if it is something else: a symbolic link is not followed.
+    """
+    try:
+        mode = _lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(mode):
+        raise LedgerIOError(path, f"is {_kind(mode)}, not a run directory; not removed")
+    return True
 
 
 def _check_file(path: Path) -> os.stat_result | None:
