@@ -106,12 +106,16 @@ def remove_ledger_file(
 ) -> Removal:
     """:func:`remove_ledger` for a ledger named by its path (as :func:`iter_ledgers` gives it).
 
-    :raises ValueError: if ``lock_timeout`` is negative.
+    :raises ValueError: if the name does not end in ``.jsonl`` (so nothing else is taken for a
+        ledger), or ``lock_timeout`` is negative.
     :raises LockTimeout: if ``lock_timeout`` expires first.
     :raises LedgerIOError: as :func:`remove_ledger`.
     """
+    path = Path(path)
+    if not path.name.endswith(LEDGER_SUFFIX):
+        raise ValueError(f"{path}: not a ledger's path (its name does not end in {LEDGER_SUFFIX})")
     _check_timeout(None, None, lock_timeout)
-    return _remove_ledger(Path(path), lock_timeout, None)
+    return _remove_ledger(path, lock_timeout, None)
 
 
 def remove_run_dir(path: str | os.PathLike[str], *, lock_timeout: float | None = None) -> Removal:
@@ -300,7 +304,7 @@ def parse_duration(text: str) -> int:
     match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(
-            f"bad duration {text!r}: expected a whole number and a unit, s, m, h or d (e.g. 30d)"
+            f"bad duration {text!r}: expected up to 15 digits and a unit, s, m, h or d (e.g. 30d)"
         )
     return int(match[1]) * _UNIT_MS[match[2]]
 
