@@ -293,6 +293,7 @@ def _unlink(path: Path, action: str) -> bool:
 # -- prune --------------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"([0-9]{1,15})([smhd])")
+_LIST_ATTEMPTS = 100
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -336,12 +337,8 @@ def runs_older_than(root: Path, cutoff_ms: int) -> list[tuple[Path, list[Path]]]
     :raises LedgerIOError: naming the path, if the root cannot be listed or a ledger is not a
         regular file or cannot be read.
     """
-    try:
-        listing = list(iter_ledgers(root))
-    except OSError as error:
-        raise LedgerIOError.wrap(error.filename or root, "list the ledgers", error) from error
     runs = []
-    for run, group in itertools.groupby(listing, key=lambda entry: entry[0]):
+    for run, group in itertools.groupby(_list_ledgers(root), key=lambda entry: entry[0]):
         run_dir = root / run
         if os.path.islink(run_dir):
             continue
@@ -349,6 +346,18 @@ def runs_older_than(root: Path, cutoff_ms: int) -> list[tuple[Path, list[Path]]]
         if max(newest_ms(path) for path in ledgers) < cutoff_ms:
             runs.append((run_dir, ledgers))
     return runs
+
+
+def _list_ledgers(root: Path) -> list[tuple[str, str, Path]]:
+    for _ in range(_LIST_ATTEMPTS):
+        try:
+            return list(iter_ledgers(root))
+        except FileNotFoundError:
+            # A run directory went while it was being listed (another prune): list again.
+            continue
+        except OSError as error:
+            raise LedgerIOError.wrap(error.filename or root, "list the ledgers", error) from error
+    raise LedgerIOError(root, "cannot list the ledgers: run directories keep vanishing")
 
 
 def prune_run(run_dir: Path, cutoff_ms: int, *, lock_timeout: float | None = None) -> Removal:

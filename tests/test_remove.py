@@ -704,3 +704,26 @@ def test_prune_keeps_a_ledger_written_after_the_runs_were_chosen(root: Path) -> 
     assert not removal.dir_removed
     assert removal.kept == "b.jsonl kept: written after the cutoff"
     assert sorted(os.listdir(run_dir)) == ["b.jsonl", "b.jsonl.lock"]
+
+
+def test_prune_lists_again_when_a_run_goes_while_listing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two prunes at once: a run directory can vanish between the listing of the root and its
+    # own listing, which ends iter_ledgers with FileNotFoundError.
+    for run in ("a", "b", "c"):
+        _ledger_file(root, run, "n", _old_record(run, "n", 40))
+    real = remove_module.iter_ledgers
+    calls: list[int] = []
+
+    def racing(base: Path) -> Any:
+        calls.append(1)
+        for i, entry in enumerate(real(base)):
+            if len(calls) == 1 and i == 0:
+                assert remove_run_dir(root / "b").dir_removed  # the other prune
+            yield entry
+
+    monkeypatch.setattr(remove_module, "iter_ledgers", racing)
+    cutoff = int(time.time() * 1000) - 30 * DAY_MS
+    assert [run_dir.name for run_dir, _ in runs_older_than(root, cutoff)] == ["a", "c"]
+    assert len(calls) == 2
