@@ -481,7 +481,7 @@ def test_live_writers_never_append_into_a_removed_ledger(
 def test_live_writers_never_append_into_a_removed_ledger_long(
     tmp_path: Path, method: str, scope: str
 ) -> None:
-    _live_removals(tmp_path, method, scope, rounds=int(os.environ.get("REMOVE_ROUNDS", "2000")))
+    _live_removals(tmp_path, method, scope, rounds=int(os.environ.get("REMOVE_ROUNDS", "500")))
 
 
 def test_only_a_ledger_path_is_taken_for_a_ledger(root: Path) -> None:
