@@ -472,7 +472,7 @@ def _live_removals(tmp_path: Path, method: str, scope: str, rounds: int) -> None
 def test_live_writers_never_append_into_a_removed_ledger(
     tmp_path: Path, method: str, scope: str
 ) -> None:
-    _live_removals(tmp_path, method, scope, rounds=25)
+    _live_removals(tmp_path, method, scope, rounds=20)
 
 
 @pytest.mark.stress
