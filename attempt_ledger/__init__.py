@@ -42,6 +42,7 @@ from ._records import (
     ReceiptRecord,
     ReconcileSummary,
 )
+from ._remove import Removal, remove_ledger, remove_ledger_file, remove_run, remove_run_dir
 
 try:
     __version__ = version("attempt_ledger")
@@ -64,6 +65,7 @@ __all__ = [
     "ReceiptEvent",
     "ReceiptRecord",
     "ReconcileSummary",
+    "Removal",
     "SeqConflict",
     "SeqExhausted",
     "__version__",
@@ -79,5 +81,9 @@ __all__ = [
     "receipts_root",
     "receipts_root_for_state_dir",
     "reconcile_receipts",
+    "remove_ledger",
+    "remove_ledger_file",
+    "remove_run",
+    "remove_run_dir",
     "sanitize_segment",
 ]

@@ -92,6 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
     verify.add_argument("--all", action="store_true", help="every ledger under the root")
 
+    prune = add(
+        "prune",
+        help="remove the runs whose newest record is older than DURATION",
+        description="Remove the runs whose newest record is older than DURATION, each ledger "
+        "under its lock, so writers appending meanwhile start a fresh ledger. A run's age is "
+        "the newest ts_ms among the last records of its ledgers (read back from each end); a "
+        "ledger holding no valid record counts by its modification time. Prints one line per "
+        "removed ledger and run.",
+    )
+    prune.add_argument(
+        "--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 90m, 45s"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    prune.add_argument(
+        "--lock-timeout", type=float, metavar="SECONDS", help="wait at most this for each lock"
+    )
+
     dsn_help = "PostgreSQL connection string (default: $ATTEMPT_LEDGER_PG_DSN)"
     migrate = add("pg-migrate", help="create the PostgreSQL tables (idempotent)")
     migrate.add_argument("--dsn", help=dsn_help)
@@ -262,6 +279,38 @@ def _verify(args: argparse.Namespace, root: Path) -> int:
     return 1 if found else 0
 
 
+def _prune(args: argparse.Namespace, root: Path) -> int:
+    import time
+
+    from ._remove import parse_duration, prune_run, runs_older_than
+
+    try:
+        cutoff = time.time_ns() // 1_000_000 - parse_duration(args.older_than)
+    except ValueError as error:
+        raise _UsageError(f"--older-than: {error}") from None
+    if args.lock_timeout is not None and not args.lock_timeout >= 0:
+        raise _UsageError(f"--lock-timeout must be >= 0, not {args.lock_timeout}")
+
+    def say(text: str) -> None:  # paths may hold newlines, or bytes that are not UTF-8
+        sys.stdout.buffer.write(os.fsencode(text.replace("\n", "\\n")) + b"\n")
+        sys.stdout.buffer.flush()
+
+    for run_dir, ledgers in runs_older_than(root, cutoff):
+        if args.dry_run:
+            for path in ledgers:
+                say(f"would remove {path}")
+            say(f"would remove {run_dir}")
+            continue
+        removal = prune_run(run_dir, cutoff, lock_timeout=args.lock_timeout)
+        for path in removal.ledgers:
+            say(f"removed {path}")
+        if removal.dir_removed:
+            say(f"removed {run_dir}")
+        elif removal.kept is not None:
+            say(f"kept {run_dir}: {removal.kept}")
+    return 0
+
+
 def _postgres(args: argparse.Namespace) -> tuple[Any, str]:
     dsn = args.dsn or os.environ.get("ATTEMPT_LEDGER_PG_DSN")
     if not dsn:
@@ -326,6 +375,7 @@ _COMMANDS = {
     "last-seq": _last_seq,
     "reconcile": _reconcile,
     "verify": _verify,
+    "prune": _prune,
     "pg-migrate": _pg_migrate,
     "to-postgres": _to_postgres,
     "from-postgres": _from_postgres,
