@@ -100,3 +100,14 @@ float_payloads = st.recursive(
     ),
     max_leaves=10,
 )
+
+# Histories of a ledger file: schema-1 or schema-2 batches (appended by the append rule of
+# schema 2: a batch after a hashed last line continues the chain whatever it asks), and junk.
+chain_histories = st.lists(
+    st.one_of(
+        batches.map(lambda b: ("v1", b)),
+        batches.map(lambda b: ("v2", b)),
+        junk_lines.map(lambda j: ("junk", j)),
+    ),
+    max_size=6,
+)
