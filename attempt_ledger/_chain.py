@@ -9,17 +9,32 @@ A v2 line is a v1 line with ``"version":2`` and two more members at its end::
 codec's head and tail encoders write everything up to ``prev_hash`` (so floats, escapes and key
 order are the codec's, byte-identical to upstream's); only ``seq``, ``ts_ms`` and ``prev_hash`` are
 decided under the lock, so :meth:`ChainedBatch.render` is all that runs there.
+
+Reading lines back for the verifier: :func:`judge_line` parses any line fully;
+:class:`FastJudge` takes a canonical v2 line without building its values, and leaves any other
+line to :func:`judge_line`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
-from ._codec import EncodedBatch, check_ids, encode_head, encode_tail
+from ._codec import (
+    EncodedBatch,
+    _decoder,
+    _reject_constant,
+    check_ids,
+    decode_record,
+    encode_head,
+    encode_tail,
+    line_seq,
+)
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
     RECEIPT_SCHEMA_VERSION_V2,
+    U32_MAX,
     U64_MAX,
     ReceiptRecord,
 )
@@ -141,3 +156,135 @@ def hash_preimage(line: bytes) -> bytes:
     ``line`` (without ``\\n``) must end with the member, as :func:`record_hash_of` finds.
     """
     return line[:-HASH_MEMBER_LEN] + b"}"
+
+
+# -- judging a line, for the verifier ------------------------------------------------------------
+
+UNHASHED, HASHED, DAMAGED = 0, 1, 2
+
+# A canonical v2 line, in two parts: the head up to "seq": (cached: a ledger repeats it), then
+# the rest. Strings and integers exactly as the stdlib's strict JSON scanner accepts them.
+_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+_UINT = r"(0|[1-9][0-9]*)"
+_HEAD = re.compile(
+    rf'\{{"version":2,"run_id":{_STR},"node_id":{_STR},"attempt":{_UINT},"session_id":{_STR},"seq":'
+)
+_MIDDLE = re.compile(rf'{_UINT},"ts_ms":{_UINT},"event_type":{_STR},"payload":')
+_HEX_DIGITS = "0123456789abcdef"
+_NULL_PREV = ',"prev_hash":null'
+_HEX_PREV = ',"prev_hash":"'
+_HASH_KEY_STR = _HASH_KEY.decode()
+# Objects as tuples of pairs, so that a duplicate key is seen (dicts keep the last silently).
+_pairs_decoder = json.JSONDecoder(object_pairs_hook=tuple, parse_constant=_reject_constant)
+# The codec's scanner itself: raw_decode's Python frame costs more than scanning a payload.
+_scan_once = _decoder.scan_once  # type: ignore[attr-defined]
+
+Judged = tuple[int, int, "str | None", "str | None", "str | None", "tuple[str, str, object] | None"]
+SKIPPED, DUPLICATE = 3, 4
+
+
+def _skipped(detail: str) -> Judged:
+    return SKIPPED, -1, None, None, None, ("skipped_line", detail, None)
+
+
+class FastJudge:
+    """Judges a canonical v2 line without a full parse; anything else is left to the slow path.
+
+    It accepts a line only when the slow path would judge it the same: every token is matched
+    exactly as the strict JSON scanner reads it, the payload is scanned by that scanner, and the
+    exact key sequence rules out duplicate keys.
+    """
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head: str | None = None  # the last head matched, up to "seq":
+
+    def judge(self, line: bytes) -> Judged | None:
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            return None
+        # The end: ,"prev_hash":null|"<hex>","record_hash":"<hex>"} (ASCII, so byte offsets
+        # and character offsets agree there).
+        n = len(text)
+        if n < 161 or not text.endswith('"}') or not text.startswith(_HASH_KEY_STR, n - 82):
+            return None  # (161: the longest end; every v2 line is longer)
+        stored = text[n - 66 : n - 2]
+        prev: str | None
+        if text.startswith(_NULL_PREV, n - 99):
+            prev, stop = None, n - 99
+        elif text.startswith(_HEX_PREV, n - 161) and text[n - 83] == '"':
+            prev, stop = text[n - 147 : n - 83], n - 161
+            if prev.strip(_HEX_DIGITS):
+                return None
+        else:
+            return None
+        head = self.head
+        if head is not None and text.startswith(head):
+            pos = len(head)
+        else:
+            match = _HEAD.match(text)
+            # (Lengths first: int() refuses text of over 4300 digits.)
+            if match is None or len(match[1]) > 10 or int(match[1]) > U32_MAX:
+                return None
+            pos = match.end()
+            self.head = text[:pos]
+        middle = _MIDDLE.match(text, pos)
+        if middle is None:
+            return None
+        seq_text, ts_text = middle[1], middle[2]
+        if len(seq_text) > 20 or len(ts_text) > 20:
+            return None
+        seq = int(seq_text)
+        if seq > U64_MAX or int(ts_text) > U64_MAX:
+            return None
+        try:
+            if _scan_once(text, middle.end())[1] != stop:
+                return None
+        except (StopIteration, ValueError, RecursionError):
+            return None
+        digest = hashlib.sha256(line[:-HASH_MEMBER_LEN])
+        digest.update(b"}")
+        computed = digest.hexdigest()
+        if computed != stored:  # the slow path tells a mismatch from a malformed hash
+            return None
+        return HASHED, seq, prev, stored, computed, None
+
+
+def judge_line(line: bytes | None) -> Judged:
+    """Judge any line, with full parses."""
+    if line is None:
+        return _skipped("not JSON (raw control bytes, or no object brackets)")
+    record = decode_record(line)
+    if record is None:
+        try:
+            line.decode()
+        except UnicodeDecodeError as error:
+            return _skipped(f"not UTF-8 (byte {error.start})")
+        if line_seq(line) is None:
+            return _skipped("not a JSON object with an integer seq")
+        return _skipped(f"seq {line_seq(line)} is not a well-typed receipt")
+    pairs = _pairs_decoder.raw_decode(line.decode().strip(" \t\r"))[0]
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        return DUPLICATE, -1, None, None, None, ("duplicate_key", f"keys {twice} twice", None)
+    seq, version = record.seq, record.version
+    members = chain_members(line)
+    if members is not None:
+        computed = hashlib.sha256(line[:-HASH_MEMBER_LEN] + b"}").hexdigest()
+        issue = None
+        if version != RECEIPT_SCHEMA_VERSION_V2:
+            issue = ("wrong_version", f"version {version} in a hashed record", 2)
+        return HASHED, seq, members[0], members[1], computed, issue
+    if "record_hash" in keys or "prev_hash" in keys:
+        detail = "prev_hash and record_hash are not the last members, as null or 64 hex digits"
+        return DAMAGED, seq, None, None, None, ("bad_hash_fields", detail, None)
+    if version == RECEIPT_SCHEMA_VERSION_V2:
+        detail = "a version-2 record without prev_hash and record_hash"
+        return DAMAGED, seq, None, None, None, ("missing_record_hash", detail, None)
+    issue = None
+    if version != RECEIPT_SCHEMA_VERSION:
+        issue = ("wrong_version", f"version {version} in an unhashed record", 1)
+    return UNHASHED, seq, None, None, None, issue

@@ -35,19 +35,15 @@ memory stays bounded by the longest line (the problem list is capped by ``max_pr
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
-import re
 import stat
 
 import attrs
 
-from ._chain import HASH_MEMBER_LEN, chain_members, check_hash
-from ._codec import _decoder, _reject_constant, decode_record, line_seq
+from ._chain import DAMAGED, DUPLICATE, HASHED, SKIPPED, FastJudge, check_hash, judge_line
 from ._errors import LedgerIOError
 from ._reader import iter_lines
-from ._records import RECEIPT_SCHEMA_VERSION, RECEIPT_SCHEMA_VERSION_V2, U32_MAX, U64_MAX
+from ._records import RECEIPT_SCHEMA_VERSION, RECEIPT_SCHEMA_VERSION_V2
 
 
 @attrs.frozen
@@ -96,135 +92,6 @@ class ReceiptLedgerVerification:
     last_seq: int
 
 
-_UNHASHED, _HASHED, _DAMAGED = 0, 1, 2
-
-# A canonical v2 line, in two parts: the head up to "seq": (cached: a ledger repeats it), then
-# the rest. Strings and integers exactly as the stdlib's strict JSON scanner accepts them.
-_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
-_UINT = r"(0|[1-9][0-9]*)"
-_HEAD = re.compile(
-    rf'\{{"version":2,"run_id":{_STR},"node_id":{_STR},"attempt":{_UINT},"session_id":{_STR},"seq":'
-)
-_MIDDLE = re.compile(rf'{_UINT},"ts_ms":{_UINT},"event_type":{_STR},"payload":')
-_HEX_DIGITS = "0123456789abcdef"
-_NULL_PREV = ',"prev_hash":null'
-_HEX_PREV = ',"prev_hash":"'
-_HASH_KEY = ',"record_hash":"'
-# Objects as tuples of pairs, so that a duplicate key is seen (dicts keep the last silently).
-_pairs_decoder = json.JSONDecoder(object_pairs_hook=tuple, parse_constant=_reject_constant)
-# The codec's scanner itself: raw_decode's Python frame costs more than scanning a payload.
-_scan_once = _decoder.scan_once  # type: ignore[attr-defined]
-
-_Judged = tuple[
-    int, int, "str | None", "str | None", "str | None", "tuple[str, str, object] | None"
-]
-_SKIPPED, _DUPLICATE = 3, 4
-
-
-def _skipped(detail: str) -> _Judged:
-    return _SKIPPED, -1, None, None, None, ("skipped_line", detail, None)
-
-
-class _FastPath:
-    """Judges a canonical v2 line without a full parse; anything else is left to the slow path.
-
-    It accepts a line only when the slow path would judge it the same: every token is matched
-    exactly as the strict JSON scanner reads it, the payload is scanned by that scanner, and the
-    exact key sequence rules out duplicate keys.
-    """
-
-    __slots__ = ("head",)
-
-    def __init__(self) -> None:
-        self.head: str | None = None  # the last head matched, up to "seq":
-
-    def judge(self, line: bytes) -> _Judged | None:
-        try:
-            text = line.decode()
-        except UnicodeDecodeError:
-            return None
-        # The end: ,"prev_hash":null|"<hex>","record_hash":"<hex>"} (ASCII, so byte offsets
-        # and character offsets agree there).
-        n = len(text)
-        if n < 161 or not text.endswith('"}') or not text.startswith(_HASH_KEY, n - 82):
-            return None  # (161: the longest end; every v2 line is longer)
-        stored = text[n - 66 : n - 2]
-        prev: str | None
-        if text.startswith(_NULL_PREV, n - 99):
-            prev, stop = None, n - 99
-        elif text.startswith(_HEX_PREV, n - 161) and text[n - 83] == '"':
-            prev, stop = text[n - 147 : n - 83], n - 161
-            if prev.strip(_HEX_DIGITS):
-                return None
-        else:
-            return None
-        head = self.head
-        if head is not None and text.startswith(head):
-            pos = len(head)
-        else:
-            match = _HEAD.match(text)
-            if match is None or int(match[1]) > U32_MAX:
-                return None
-            pos = match.end()
-            self.head = text[:pos]
-        middle = _MIDDLE.match(text, pos)
-        if middle is None:
-            return None
-        seq = int(middle[1])
-        ts_ms = middle[2]
-        if seq > U64_MAX or (len(ts_ms) > 19 and int(ts_ms) > U64_MAX):
-            return None
-        try:
-            if _scan_once(text, middle.end())[1] != stop:
-                return None
-        except (StopIteration, ValueError, RecursionError):
-            return None
-        digest = hashlib.sha256(line[:-HASH_MEMBER_LEN])
-        digest.update(b"}")
-        computed = digest.hexdigest()
-        if computed != stored:  # the slow path tells a mismatch from a malformed hash
-            return None
-        return _HASHED, seq, prev, stored, computed, None
-
-
-def _judge_slow(line: bytes | None) -> _Judged:
-    """Judge any line, with full parses."""
-    if line is None:
-        return _skipped("not JSON (raw control bytes, or no object brackets)")
-    record = decode_record(line)
-    if record is None:
-        try:
-            line.decode()
-        except UnicodeDecodeError as error:
-            return _skipped(f"not UTF-8 (byte {error.start})")
-        if line_seq(line) is None:
-            return _skipped("not a JSON object with an integer seq")
-        return _skipped(f"seq {line_seq(line)} is not a well-typed receipt")
-    pairs = _pairs_decoder.raw_decode(line.decode().strip(" \t\r"))[0]
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        twice = sorted({key for key in keys if keys.count(key) > 1})
-        return _DUPLICATE, -1, None, None, None, ("duplicate_key", f"keys {twice} twice", None)
-    seq, version = record.seq, record.version
-    members = chain_members(line)
-    if members is not None:
-        computed = hashlib.sha256(line[:-HASH_MEMBER_LEN] + b"}").hexdigest()
-        issue = None
-        if version != RECEIPT_SCHEMA_VERSION_V2:
-            issue = ("wrong_version", f"version {version} in a hashed record", 2)
-        return _HASHED, seq, members[0], members[1], computed, issue
-    if "record_hash" in keys or "prev_hash" in keys:
-        detail = "prev_hash and record_hash are not the last members, as null or 64 hex digits"
-        return _DAMAGED, seq, None, None, None, ("bad_hash_fields", detail, None)
-    if version == RECEIPT_SCHEMA_VERSION_V2:
-        detail = "a version-2 record without prev_hash and record_hash"
-        return _DAMAGED, seq, None, None, None, ("missing_record_hash", detail, None)
-    issue = None
-    if version != RECEIPT_SCHEMA_VERSION:
-        issue = ("wrong_version", f"version {version} in an unhashed record", 1)
-    return _UNHASHED, seq, None, None, None, issue
-
-
 class _Chain:
     """The state of the pass: counts, the chain's last hash, and the problems found."""
 
@@ -266,9 +133,9 @@ class _Chain:
         computed: str | None,
         issue: tuple[str, str, object] | None,
     ) -> None:
-        if kind >= _SKIPPED:
+        if kind >= SKIPPED:
             assert issue is not None
-            self.add(ChainProblem(number, issue[0], issue[1], fatal=kind == _DUPLICATE))
+            self.add(ChainProblem(number, issue[0], issue[1], fatal=kind == DUPLICATE))
             if self.trailing is None:
                 self.trailing = number
             return
@@ -288,9 +155,9 @@ class _Chain:
         if issue is not None:
             expected = issue[2] if isinstance(issue[2], int) else None
             self.add(ChainProblem(number, issue[0], issue[1], seq, expected))
-        if kind == _HASHED:
+        if kind == HASHED:
             self._hashed(number, seq, prev, stored, computed)
-        elif kind == _DAMAGED:
+        elif kind == DAMAGED:
             self.any_hashed, self.link_known, self.root = True, False, None
         else:
             if self.any_hashed:
@@ -380,7 +247,7 @@ def verify_receipt_ledger(
         result = chain.finish(0, 0)
         return attrs.evolve(result, valid=False, schema_version=0)
     number = end = 0
-    fast = _FastPath()
+    fast = FastJudge()
     try:
         size = os.fstat(fd).st_size
         for line, line_end in iter_lines(fd):
@@ -390,7 +257,7 @@ def verify_receipt_ledger(
             end = line_end
             judged = None if line is None else fast.judge(line)
             if judged is None:
-                chain.line(number, *_judge_slow(line))
+                chain.line(number, *judge_line(line))
                 continue
             seq, prev, stored = judged[1], judged[2], judged[3]
             if (

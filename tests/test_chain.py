@@ -28,9 +28,16 @@ from attempt_ledger import (
     receipt_ledger_manifest,
     verify_receipt_ledger,
 )
-from attempt_ledger._chain import ChainedBatch, chain_head, hash_preimage, record_hash_of
+from attempt_ledger._chain import (
+    SKIPPED,
+    ChainedBatch,
+    FastJudge,
+    chain_head,
+    hash_preimage,
+    judge_line,
+    record_hash_of,
+)
 from attempt_ledger._codec import decode_record, encode_batch, line_seq
-from attempt_ledger._verify_chain import _FastPath, _judge_slow
 
 from .strategies import chain_histories, records, text
 
@@ -470,12 +477,12 @@ def test_fast_path_agrees_with_the_slow_path(
 ) -> None:
     line = encode_chained_record(record, prev)[0][:-1]
     changed = data.draw(_mutations(line))
-    fast = _FastPath()
+    fast = FastJudge()
     for candidate in (line, changed, changed):  # the second time, with the head cached
         judged = fast.judge(candidate)
         if judged is not None:
-            assert judged == _judge_slow(candidate)
-    assert fast.judge(line) == _judge_slow(line)  # canonical lines take the fast path
+            assert judged == judge_line(candidate)
+    assert fast.judge(line) == judge_line(line)  # canonical lines take the fast path
 
 
 # -- arguments, odd files ------------------------------------------------------------------------
@@ -582,3 +589,18 @@ def test_manifest_of_unhashed_or_invalid_ledgers(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match="manifest"):
             ReceiptLedgerManifest.from_json(bad)
+
+
+def test_numbers_out_of_range_or_too_long_for_int(tmp_path: Path) -> None:
+    # int() refuses over 4300 digits: the fast path must not raise where the scanner refuses.
+    line = chain(1).split(b"\n")[0]
+    for field in (b'"seq":1,', b'"attempt":0,', b'"ts_ms":1700000000000,'):
+        key = field.split(b":")[0]
+        for digits in (b"18446744073709551616", b"4294967296", b"9" * 5000):
+            changed = _rehash(line.replace(field, key + b":" + digits + b","))
+            fast = FastJudge().judge(changed)
+            assert fast is None or fast == judge_line(changed)
+            result = verify_bytes(tmp_path, changed + b"\n")
+            if len(digits) > 20:
+                assert judge_line(changed)[0] == SKIPPED
+                assert fatal(result) == ["trailing_junk"]
