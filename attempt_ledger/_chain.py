@@ -8,7 +8,7 @@ A v2 line is a v1 line with ``"version":2`` and two more members at its end::
 ``prev_hash`` member, then ``}``: the line without its ``,"record_hash":"..."`` member. The
 codec's head and tail encoders write everything up to ``prev_hash`` (so floats, escapes and key
 order are the codec's, byte-identical to upstream's); only ``seq``, ``ts_ms`` and ``prev_hash`` are
-decided under the lock, so :meth:`ChainedBatch.render` is all that runs there.
+decided under the lock, so :func:`render_chained` is all that runs there.
 
 Reading lines back for the verifier: :func:`judge_line` parses any line fully;
 :class:`FastJudge` takes a canonical v2 line without building its values, and leaves any other
@@ -41,13 +41,11 @@ from ._records import (
 
 _V1_OPEN = b'{"version":%d,' % RECEIPT_SCHEMA_VERSION
 _V2_OPEN = b'{"version":%d,' % RECEIPT_SCHEMA_VERSION_V2
-_LINE_END = b"}\n"
 _PREV_KEY = b',"prev_hash":'
 _HASH_KEY = b',"record_hash":"'
 #: Length of ``,"record_hash":"<64 hex>"}``, the end of every hashed line (``\n`` excluded).
 HASH_MEMBER_LEN = len(_HASH_KEY) + 64 + 2
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # The last two members of a hashed line, matched from the last `,"prev_hash":` to the end.
 _CHAIN_END = re.compile(rb',"prev_hash":(?:null|"([0-9a-f]{64})"),"record_hash":"([0-9a-f]{64})"\}')
 
@@ -57,52 +55,65 @@ def check_hash(value: object, name: str = "prev_hash") -> str:
 
     :raises ValueError: naming ``name``, if it is not.
     """
-    if type(value) is not str or not _HEX64.fullmatch(value):
+    if type(value) is not str or not is_hash(value):
         raise ValueError(f"{name} must be 64 lowercase hex digits, not {value!r}")
     return value
 
 
+def is_hash(text: str) -> bool:
+    """Whether ``text`` is 64 lowercase hex digits (by a round trip: faster than a regex)."""
+    try:
+        return len(text) == 64 and bytes.fromhex(text).hex() == text
+    except ValueError:
+        return False
+
+
 def chain_head(head: bytes) -> bytes:
-    """Turn a head from :func:`encode_head` (schema 1) into the same head for schema 2."""
+    """Turn a head from :func:`encode_head` (schema 1) into the same head for schema 2.
+
+    :raises ValueError: if ``head`` is not such a head.
+    """
     if not head.startswith(_V1_OPEN):
         raise ValueError("not a head from encode_head")
     return _V2_OPEN + head[len(_V1_OPEN) :]
 
 
-class ChainedBatch:
-    """The lines of a v2 batch with ``seq``, ``ts_ms`` and ``prev_hash`` left open.
+def render_chained(
+    batch: EncodedBatch, first_seq: int, ts_ms: int, prev_hash: str | None
+) -> tuple[bytes, str]:
+    """Join ``batch``'s lines as schema 2, numbered from ``first_seq``, each chained to the last.
 
-    Built from an :class:`EncodedBatch` before the lock is taken; each body is a tail without
-    its closing ``}\\n`` and with the ``prev_hash`` key already appended.
+    ``batch`` is what :func:`encode_batch` returns (its schema-1 head is turned into the
+    schema-2 one here), so one batch encoded before the lock can be rendered either way once
+    the tail has been read: :meth:`EncodedBatch.render` or this.
+
+    :param prev_hash: the ``record_hash`` the first line chains from, or ``None`` to start a
+        chain (``"prev_hash":null``).
+    :returns: the bytes to write and the ``record_hash`` of the last line.
+    :raises ValueError: if ``prev_hash`` is not ``None`` or 64 lowercase hex digits, or the
+        batch is empty (an empty append writes nothing, and has no last hash).
     """
-
-    __slots__ = ("bodies", "head")
-
-    def __init__(self, batch: EncodedBatch) -> None:
-        self.head = chain_head(batch.head)
-        self.bodies = [tail[: -len(_LINE_END)] + _PREV_KEY for tail in batch.tails]
-
-    def render(self, first_seq: int, ts_ms: int, prev_hash: str | None) -> tuple[bytes, str]:
-        """Join the lines numbered from ``first_seq``, each chained to the one before it.
-
-        :param prev_hash: the ``record_hash`` the first line chains from, or ``None`` to start
-            a chain (``"prev_hash":null``).
-        :returns: the bytes to write and the ``record_hash`` of the last line.
-        :raises ValueError: if ``prev_hash`` is not ``None`` or 64 lowercase hex digits.
-        """
-        prev = b"null" if prev_hash is None else b'"%s"' % check_hash(prev_hash).encode()
-        head = self.head
-        ts = b',"ts_ms":%d,"event_type":' % ts_ms
-        sha256 = hashlib.sha256
-        out = []
-        digest = ""
-        for seq, body in enumerate(self.bodies, first_seq):
-            start = b"%s%d%s%s%s" % (head, seq, ts, body, prev)
-            digest = sha256(start + b"}").hexdigest()
-            hex_bytes = digest.encode()
-            out.append(b'%s,"record_hash":"%s"}\n' % (start, hex_bytes))
-            prev = b'"%s"' % hex_bytes
-        return b"".join(out), digest
+    tails = batch.tails
+    if not tails:
+        raise ValueError("an empty batch has no lines to chain")
+    prev = b"null" if prev_hash is None else b'"%s"' % check_hash(prev_hash).encode()
+    head = chain_head(batch.head)
+    ts = b',"ts_ms":%d,"event_type":' % ts_ms
+    sha256 = hashlib.sha256
+    # Each line: the tail without its closing "}\n", the prev_hash member (the hashed bytes
+    # end there, plus "}"), then the record_hash member.
+    if len(tails) == 1:  # the common case, without the loop's bookkeeping
+        start = b'%s%d%s%s,"prev_hash":%s' % (head, first_seq, ts, tails[0][:-2], prev)
+        digest = sha256(start + b"}").hexdigest()
+        return b'%s,"record_hash":"%s"}\n' % (start, digest.encode()), digest
+    out: list[bytes] = []
+    hex_digest = b""
+    for seq, tail in enumerate(tails, first_seq):
+        start = b'%s%d%s%s,"prev_hash":%s' % (head, seq, ts, tail[:-2], prev)
+        hex_digest = sha256(start + b"}").hexdigest().encode()
+        out += (start, b',"record_hash":"', hex_digest, b'"}\n')
+        prev = b'"%s"' % hex_digest
+    return b"".join(out), hex_digest.decode()
 
 
 def encode_chained_record(record: ReceiptRecord, prev_hash: str | None) -> tuple[bytes, str]:
@@ -121,7 +132,7 @@ def encode_chained_record(record: ReceiptRecord, prev_hash: str | None) -> tuple
     check_ids(record.run_id, record.node_id, record.attempt, record.session_id)
     head = encode_head(record.run_id, record.node_id, record.attempt, record.session_id)
     batch = EncodedBatch(head, [encode_tail(record.event_type, record.payload)])
-    return ChainedBatch(batch).render(record.seq, record.ts_ms, prev_hash)
+    return render_chained(batch, record.seq, record.ts_ms, prev_hash)
 
 
 def chain_members(line: bytes) -> tuple[str | None, str] | None:
@@ -170,7 +181,6 @@ _HEAD = re.compile(
     rf'\{{"version":2,"run_id":{_STR},"node_id":{_STR},"attempt":{_UINT},"session_id":{_STR},"seq":'
 )
 _MIDDLE = re.compile(rf'{_UINT},"ts_ms":{_UINT},"event_type":{_STR},"payload":')
-_HEX_DIGITS = "0123456789abcdef"
 _NULL_PREV = ',"prev_hash":null'
 _HEX_PREV = ',"prev_hash":"'
 _HASH_KEY_STR = _HASH_KEY.decode()
@@ -216,7 +226,7 @@ class FastJudge:
             prev, stop = None, n - 99
         elif text.startswith(_HEX_PREV, n - 161) and text[n - 83] == '"':
             prev, stop = text[n - 147 : n - 83], n - 161
-            if prev.strip(_HEX_DIGITS):
+            if not is_hash(prev):
                 return None
         else:
             return None

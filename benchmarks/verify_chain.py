@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from attempt_ledger import ReceiptEvent
-from attempt_ledger._chain import ChainedBatch
+from attempt_ledger._chain import render_chained
 from attempt_ledger._codec import encode_batch
 
 _CHILD = """
@@ -75,19 +75,17 @@ def write_ledger(path: Path, size: int, seed: int = 1) -> None:
     """Write a valid v2 ledger of at least ``size`` bytes at ``path``."""
     rng = random.Random(seed)
     batches = [
-        ChainedBatch(
-            encode_batch(path, "run/bench", "node:a", k, f"s{k}", [_event(rng) for _ in range(50)])
-        )
+        encode_batch(path, "run/bench", "node:a", k, f"s{k}", [_event(rng) for _ in range(50)])
         for k in range(40)
     ]
     seq, prev, written = 1, None, 0
     with path.open("wb") as f:
         while written < size:
             batch = batches[seq % len(batches)]
-            data, prev = batch.render(seq, 1_700_000_000_000 + seq, prev)
+            data, prev = render_chained(batch, seq, 1_700_000_000_000 + seq, prev)
             f.write(data)
             written += len(data)
-            seq += len(batch.bodies)
+            seq += len(batch.tails)
 
 
 def _run(code: str, path: Path) -> tuple[dict[str, float], int]:

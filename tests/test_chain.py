@@ -30,12 +30,12 @@ from attempt_ledger import (
 )
 from attempt_ledger._chain import (
     SKIPPED,
-    ChainedBatch,
     FastJudge,
     chain_head,
     hash_preimage,
     judge_line,
     record_hash_of,
+    render_chained,
 )
 from attempt_ledger._codec import decode_record, encode_batch, line_seq
 
@@ -78,7 +78,7 @@ def model_append(
     prev = None if last is None else record_hash_of(last)
     batch = encode_batch(Path("ledger"), RUN, NODE, attempt, session, list(events))
     if v2 or prev is not None:
-        return sealed + ChainedBatch(batch).render(last_seq + 1, ts_ms, prev)[0]
+        return sealed + render_chained(batch, last_seq + 1, ts_ms, prev)[0]
     return sealed + batch.render(last_seq + 1, ts_ms)
 
 
@@ -148,7 +148,7 @@ def test_vector_batches_render_as_the_append_path_renders_them() -> None:
         events = [ReceiptEvent(r.event_type, r.payload) for r in records if r is not None]
         batch = encode_batch(Path("x"), RUN, NODE, r0.attempt, r0.session_id, events)
         prev = record_hash_of(data.split(b"\n")[-2])
-        rendered, digest = ChainedBatch(batch).render(first, r0.ts_ms, prev)
+        rendered, digest = render_chained(batch, first, r0.ts_ms, prev)
         assert rendered == b"".join(line + b"\n" for line in LINES[first - 1 : last])
         assert digest == json.loads(LINES[last - 1])["record_hash"]
         data += rendered
@@ -164,10 +164,12 @@ def test_vectors_verify_as_upstream(tmp_path: Path) -> None:
 
 
 def test_render_checks_prev_hash() -> None:
-    batch = ChainedBatch(encode_batch(Path("x"), "r", "n", 1, "s", [ReceiptEvent("e")]))
-    for bad in ("A" * 64, "a" * 63, "g" * 64, 7, b"a" * 64, "a" * 64 + "\n"):
+    batch = encode_batch(Path("x"), "r", "n", 1, "s", [ReceiptEvent("e")])
+    for bad in ("A" * 64, "a" * 63, "g" * 64, 7, b"a" * 64, "a" * 64 + "\n", " " + "a" * 63):
         with pytest.raises(ValueError, match="prev_hash"):
-            batch.render(1, 2, bad)  # type: ignore[arg-type]
+            render_chained(batch, 1, 2, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        render_chained(encode_batch(Path("x"), "r", "n", 1, "s", []), 1, 2, None)
     with pytest.raises(ValueError, match="encode_head"):
         chain_head(b'{"version":2,')
     with pytest.raises(ValueError, match="version"):
