@@ -1,4 +1,4 @@
-"""Verifying a hash-chained ledger in one streaming pass; the manifest that anchors it.
+"""Verifying a hash-chained ledger (schema 2) in one streaming pass.
 
 The verdict is upstream's (``verify_receipt_ledger``) on every ledger upstream judges correctly,
 and stricter where upstream is blind. Lines are read in file order, split on ``\\n`` only, and
@@ -26,7 +26,13 @@ memory stays bounded by the longest line (the problem list is capped by ``max_pr
 - A line that is not a record (foreign junk, or a torn fragment sealed by the next append) is a
   ``skipped_line`` notice, not fatal: the chain runs across it, from the record before it to the
   record after it, and a record removed or damaged there breaks it. Lines that are not UTF-8 are
-  such lines too (upstream rejects the whole file).
+  such lines too (upstream rejects the whole file). After the last record, though, such lines
+  are fatal (``trailing_junk``), as is an unterminated tail: a damaged last record looks just
+  like them, and only a record after them shows the chain intact. A crash leaves them until
+  the next append seals the fragment and chains past it.
+- The first hashed record must chain from nothing (null): a ledger whose first hashed record
+  points elsewhere was cut from the front, unless the caller says where it continues from.
+- Schema-1 records carry no hashes: their seqs are checked, their bytes are not.
 
 ``valid`` is False when any fatal problem is found. ``violation`` is the first seq problem if any
 (upstream checks seqs first), else the first fatal problem in file order.
@@ -249,7 +255,7 @@ def verify_receipt_ledger(
     number = end = 0
     fast = FastJudge()
     try:
-        size = os.fstat(fd).st_size
+        size = os.fstat(fd).st_size  # the snapshot verified: later appends are not read
         for line, line_end in iter_lines(fd):
             if line_end > size:
                 break  # appended after the file was opened
@@ -274,11 +280,12 @@ def verify_receipt_ledger(
                 chain.trailing = None
             else:
                 chain.line(number, *judged)
+        size = min(size, os.fstat(fd).st_size)  # rolled back meanwhile: those bytes are gone
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:
         os.close(fd)
-    return chain.finish(number, size - end)
+    return chain.finish(number, max(0, size - end))
 
 
 def _open_regular(path: str | os.PathLike[str]) -> int | None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -22,6 +22,7 @@ from attempt_ledger import (
     ReceiptLedgerManifest,
     ReceiptLedgerVerification,
     ReceiptRecord,
+    _verify_chain,
     check_receipt_ledger_manifest,
     encode_chained_record,
     encode_record,
@@ -606,3 +607,42 @@ def test_numbers_out_of_range_or_too_long_for_int(tmp_path: Path) -> None:
             if len(digits) > 20:
                 assert judge_line(changed)[0] == SKIPPED
                 assert fatal(result) == ["trailing_junk"]
+
+
+def test_a_writer_appending_during_verification_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    data = chain(3)
+    path.write_bytes(data)
+    real_iter_lines = _verify_chain.iter_lines
+
+    def racing(fd: int) -> Iterator[tuple[bytes | None, int]]:
+        for index, item in enumerate(real_iter_lines(fd)):
+            if index == 0:  # a writer appends a record and starts another while we read
+                with path.open("ab") as f:
+                    f.write(chain(2, data)[len(data) :] + b'{"version":2,"ru')
+            yield item
+
+    monkeypatch.setattr(_verify_chain, "iter_lines", racing)
+    result = verify_receipt_ledger(path)
+    assert (result.valid, result.record_count, result.problems) == (True, 3, ())
+    assert result.root_hash == record_hash_of(data.split(b"\n")[-2])
+
+
+def test_a_rollback_during_verification_is_no_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    data = chain(3)
+    path.write_bytes(data + b'{"version":2,"run_id"')  # an append in flight...
+    real_iter_lines = _verify_chain.iter_lines
+
+    def racing(fd: int) -> Iterator[tuple[bytes | None, int]]:
+        for index, item in enumerate(real_iter_lines(fd)):
+            if index == 0:
+                os.truncate(path, len(data))  # ...that failed and was rolled back
+            yield item
+
+    monkeypatch.setattr(_verify_chain, "iter_lines", racing)
+    assert verify_receipt_ledger(path).valid
