@@ -646,3 +646,26 @@ def test_a_rollback_during_verification_is_no_torn_tail(
 
     monkeypatch.setattr(_verify_chain, "iter_lines", racing)
     assert verify_receipt_ledger(path).valid
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("run_id", "a\ud800"), ("event_type", "\udfff"), ("payload", {"k": "\ud800"}), ("seq", -1)],
+)
+def test_encoder_refuses_what_utf8_or_the_format_cannot_hold(field: str, value: object) -> None:
+    record = attrs.evolve(ReceiptRecord(2, "r", "n", 1, "s", 1, 2, "e", None), **{field: value})
+    with pytest.raises(ValueError, match=r"UTF-8|seq|payload"):
+        encode_chained_record(record, None)
+
+
+def test_odd_ids_verify(tmp_path: Path) -> None:
+    data, prev = b"", None
+    odd = [("", "", ""), ("a\x00b", "\u2028", "é" * 10_000), ("\\", '"', "\n")]
+    for seq, (run, node, session) in enumerate(odd, 1):
+        record = ReceiptRecord(2, run, node, 0, session, seq, 2, " e ", {"": [None]})
+        line, prev = encode_chained_record(record, prev)
+        data += line
+    result = verify_bytes(tmp_path, data)
+    assert (result.valid, result.hashed_record_count) == (True, 3)
+    for line in data.split(b"\n")[:-1]:
+        assert FastJudge().judge(line) == judge_line(line)
