@@ -21,14 +21,14 @@ import hashlib
 import json
 import re
 
+import attrs
+
 from ._codec import (
     EncodedBatch,
     _decoder,
     _reject_constant,
-    check_ids,
     decode_record,
-    encode_head,
-    encode_tail,
+    encode_record,
     line_seq,
 )
 from ._records import (
@@ -103,9 +103,7 @@ def render_chained(
     # Each line: the tail without its closing "}\n", the prev_hash member (the hashed bytes
     # end there, plus "}"), then the record_hash member.
     if len(tails) == 1:  # the common case, without the loop's bookkeeping
-        start = b'%s%d%s%s,"prev_hash":%s' % (head, first_seq, ts, tails[0][:-2], prev)
-        digest = sha256(start + b"}").hexdigest()
-        return b'%s,"record_hash":"%s"}\n' % (start, digest.encode()), digest
+        return _seal(b'%s%d%s%s,"prev_hash":%s' % (head, first_seq, ts, tails[0][:-2], prev))
     out: list[bytes] = []
     hex_digest = b""
     for seq, tail in enumerate(tails, first_seq):
@@ -119,20 +117,25 @@ def render_chained(
 def encode_chained_record(record: ReceiptRecord, prev_hash: str | None) -> tuple[bytes, str]:
     """Return the v2 line (newline included) of ``record`` chained from ``prev_hash``, and its hash.
 
-    ``record.version`` must be 2: the v2 counterpart of :func:`encode_record`.
+    ``record.version`` must be 2: the v2 counterpart of :func:`encode_record`, which checks and
+    encodes the fields.
 
     :raises ValueError: if a field does not fit the format, or ``prev_hash`` is not a hash.
     """
     if record.version != RECEIPT_SCHEMA_VERSION_V2:
         raise ValueError(f"version {record.version} is not {RECEIPT_SCHEMA_VERSION_V2}")
-    for name in ("seq", "ts_ms"):
-        value = getattr(record, name)
-        if type(value) is not int or not 0 <= value <= U64_MAX:
-            raise ValueError(f"{name} {value!r} is not an int in 0..{U64_MAX}")
-    check_ids(record.run_id, record.node_id, record.attempt, record.session_id)
-    head = encode_head(record.run_id, record.node_id, record.attempt, record.session_id)
-    batch = EncodedBatch(head, [encode_tail(record.event_type, record.payload)])
-    return render_chained(batch, record.seq, record.ts_ms, prev_hash)
+    v1_line = encode_record(attrs.evolve(record, version=RECEIPT_SCHEMA_VERSION))
+    prev = b"null" if prev_hash is None else b'"%s"' % check_hash(prev_hash).encode()
+    return _seal(_V2_OPEN + v1_line[len(_V1_OPEN) : -2] + _PREV_KEY + prev)
+
+
+def _seal(start: bytes) -> tuple[bytes, str]:
+    """The line that ends with ``start``'s record_hash, and that hash.
+
+    :param start: a line up to and including its ``prev_hash`` member.
+    """
+    digest = hashlib.sha256(start + b"}").hexdigest()
+    return b'%s,"record_hash":"%s"}\n' % (start, digest.encode()), digest
 
 
 def chain_members(line: bytes) -> tuple[str | None, str] | None:
