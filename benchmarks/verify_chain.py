@@ -92,7 +92,8 @@ def _run(code: str, path: Path) -> tuple[dict[str, float], int]:
     """Run ``code`` on ``path`` in a fresh interpreter: its JSON line, and its peak RSS in KiB."""
     child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
     assert child.stdout is not None
-    out = child.stdout.read()
+    with child.stdout:
+        out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:

@@ -376,3 +376,12 @@ def test_manifest_of_unhashed_or_invalid_ledgers(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match="manifest"):
             ReceiptLedgerManifest.from_json(bad)
+
+
+def test_verify_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import verify_chain
+
+    assert verify_chain.main(["--size-mb", "1", "--path", str(tmp_path / "b.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "verify_receipt_ledger: 1 MB" in out
+    assert "valid=True" in out
