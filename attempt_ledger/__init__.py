@@ -13,6 +13,7 @@ from ._api import (
     read_receipt_records,
     reconcile_receipts,
 )
+from ._chain import encode_chained_record
 from ._codec import encode_record
 from ._errors import (
     InvalidEvent,
@@ -23,6 +24,7 @@ from ._errors import (
     SeqExhausted,
 )
 from ._ledger import AttemptLedger
+from ._manifest import ReceiptLedgerManifest, check_receipt_ledger_manifest, receipt_ledger_manifest
 from ._paths import (
     ROOT_ENV,
     iter_ledgers,
@@ -35,6 +37,7 @@ from ._paths import (
 from ._protocol import Ledger
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
+    RECEIPT_SCHEMA_VERSION_V2,
     AppendSummary,
     JSONValue,
     ReceiptDraft,
@@ -43,6 +46,7 @@ from ._records import (
     ReconcileSummary,
 )
 from ._remove import Removal, remove_ledger, remove_ledger_file, remove_run, remove_run_dir
+from ._verify_chain import ChainProblem, ReceiptLedgerVerification, verify_receipt_ledger
 
 try:
     __version__ = version("attempt_ledger")
@@ -52,9 +56,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
 __all__ = [
     "CACHE_SIZE",
     "RECEIPT_SCHEMA_VERSION",
+    "RECEIPT_SCHEMA_VERSION_V2",
     "ROOT_ENV",
     "AppendSummary",
     "AttemptLedger",
+    "ChainProblem",
     "InvalidEvent",
     "JSONValue",
     "Ledger",
@@ -63,6 +69,8 @@ __all__ = [
     "LockTimeout",
     "ReceiptDraft",
     "ReceiptEvent",
+    "ReceiptLedgerManifest",
+    "ReceiptLedgerVerification",
     "ReceiptRecord",
     "ReconcileSummary",
     "Removal",
@@ -71,11 +79,14 @@ __all__ = [
     "__version__",
     "append_receipt",
     "append_receipts",
+    "check_receipt_ledger_manifest",
     "clear_cache",
+    "encode_chained_record",
     "encode_record",
     "iter_ledgers",
     "read_last_seq",
     "read_receipt_records",
+    "receipt_ledger_manifest",
     "receipt_path_for_state_dir",
     "receipts_path",
     "receipts_root",
@@ -86,4 +97,5 @@ __all__ = [
     "remove_run",
     "remove_run_dir",
     "sanitize_segment",
+    "verify_receipt_ledger",
 ]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._errors import InvalidEvent, SeqConflict
+from ._floats import REPR_DIFFERS, dump_json
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
     U32_MAX,
@@ -112,9 +113,12 @@ _quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _dump_payload(payload: object) -> str:
+    # The C encoder writes floats with repr, which is upstream's text unless REPR_DIFFERS shows
+    # (a float in 1e-9 <= |x| < 1e-4, or a string holding "e-0"): only then the slow writer.
     if _c_encoder is not None:
-        return "".join(_c_encoder(payload, 0))
-    return _payload_encoder.encode(payload)  # pragma: no cover - interpreters without _json
+        text = "".join(_c_encoder(payload, 0))
+        return text if REPR_DIFFERS not in text else dump_json(payload)
+    return dump_json(payload)  # pragma: no cover - interpreters without _json
 
 
 def _dump_checked_payload(payload: object) -> str:

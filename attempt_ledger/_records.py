@@ -11,6 +11,8 @@ from cattrs.gen import make_dict_structure_fn, override
 
 #: Schema version written into every receipt, as in the seed.
 RECEIPT_SCHEMA_VERSION = 1
+#: Schema version of hash-chained receipts (``prev_hash``, ``record_hash``), as upstream's.
+RECEIPT_SCHEMA_VERSION_V2 = 2
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1

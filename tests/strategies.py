@@ -83,3 +83,31 @@ file_pieces = st.one_of(
     st.sampled_from([b"\n", b"{", b"}", b'{"seq":', b"\r\n", b" "]),
 )
 file_contents = st.lists(file_pieces, max_size=25).map(b"".join)
+
+# -- floats and hash chains (schema v2) ------------------------------------------------------------
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+# Floats around the edges of upstream's notations: 1e-5, 1e16, and repr's 1e-4.
+edge_floats = st.one_of(
+    st.floats(min_value=1e-10, max_value=1e-3),
+    st.floats(min_value=1e15, max_value=1e17),
+    st.sampled_from([1e-5, 1e16, 9999999999999998.0, 9.999999999999999e-6, 5e-324, -0.0]),
+).flatmap(lambda x: st.sampled_from([x, -x]))
+float_payloads = st.recursive(
+    st.one_of(finite_floats, edge_floats, st.sampled_from(["e-0", "1e-05"])),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(text, children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+# Histories of a ledger file: schema-1 or schema-2 batches (appended by the append rule of
+# schema 2: a batch after a hashed last line continues the chain whatever it asks), and junk.
+chain_histories = st.lists(
+    st.one_of(
+        batches.map(lambda b: ("v1", b)),
+        batches.map(lambda b: ("v2", b)),
+        junk_lines.map(lambda j: ("junk", j)),
+    ),
+    max_size=6,
+)

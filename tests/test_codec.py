@@ -23,6 +23,7 @@ from attempt_ledger._codec import (
     nests_too_deep,
     rust_trim,
 )
+from attempt_ledger._floats import dump_json
 from attempt_ledger._records import converter
 
 from .strategies import U64_MAX, payloads, records
@@ -65,11 +66,12 @@ def test_line_format_is_compact_ordered_and_unescaped(record: ReceiptRecord) -> 
     obj = json.loads(text)
     assert list(obj) == FIELDS
     assert _sorted_everywhere(obj["payload"])
-    # Compact separators and raw non-ASCII: exactly what json.dumps gives with those options.
+    # Compact separators and raw non-ASCII: exactly what json.dumps gives with those options
+    # (floats aside: dump_json is the stdlib's loop with upstream's float writer).
     expected = (
         json.dumps({k: obj[k] for k in FIELDS[:-1]}, separators=(",", ":"), ensure_ascii=False)[:-1]
         + ',"payload":'
-        + json.dumps(obj["payload"], separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        + dump_json(obj["payload"])
         + "}\n"
     )
     assert text == expected
@@ -82,7 +84,8 @@ def test_converter_unstructures_in_field_order() -> None:
 
 @given(payloads)
 def test_fast_payload_encoder_matches_stdlib(payload: object) -> None:
-    assert encode_payload(payload) == _payload_encoder.encode(payload)
+    # The stdlib writes floats with repr; the ledger as upstream does (tests/test_floats.py).
+    assert json.loads(encode_payload(payload)) == json.loads(_payload_encoder.encode(payload))
 
 
 @pytest.mark.parametrize(
