@@ -208,7 +208,7 @@ class AttemptLedger:
     def _read_tail(self, fd: int, size: int) -> tuple[int, bytes]:
         # Returns the last seq once a torn last line is sealed, and the seal to write first.
         try:
-            last_seq, torn = tail_state(fd, size)
+            last_seq, torn, _ = tail_state(fd, size)
         except OSError as error:
             raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
         return last_seq, b"\n" if torn else b""

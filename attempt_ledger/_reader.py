@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
+from ._chain import record_hash_of
 from ._codec import could_open_object, decode_record, line_seq
 from ._errors import LedgerIOError
 from ._records import ReceiptRecord
@@ -90,18 +92,29 @@ def scan_last_seq(fd: int, end: int, block_size: int = TAIL_BLOCK) -> int:
     :param block_size: bytes read per step (a parameter so tests can hit block boundaries).
     :raises OSError: if reading fails.
     """
-    return _scan(fd, end, block_size, None)
+    return _scan(fd, end, block_size, None)[0]
 
 
-def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bool]:
-    """Return the last seq, and whether the last line is torn (has no ``\\n`` yet).
+class Tail(NamedTuple):
+    """What an append needs from the end of a ledger."""
 
-    One read serves both answers in the common case (the last line fits in a block).
+    #: The seq of the last valid line, 0 if none.
+    last_seq: int
+    #: Whether the file does not end in ``\n`` (the append seals it first).
+    torn: bool
+    #: The ``record_hash`` the last valid line ends with, ``None`` if it is not hashed.
+    last_hash: str | None
+
+
+def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> Tail:
+    """Return the last seq and hash, and whether the last line is torn (has no ``\\n`` yet).
+
+    One read serves every answer in the common case (the last line fits in a block).
 
     :raises OSError: if reading fails.
     """
     if end <= 0:
-        return 0, False
+        return Tail(0, False, None)
     start = max(0, end - block_size)
     chunk = os.pread(fd, end - start, start)
     torn = chunk[-1:] != b"\n"
@@ -110,13 +123,16 @@ def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> tuple[int, bo
     hi = len(chunk) if torn else len(chunk) - 1
     newline = chunk.rfind(b"\n", 0, hi)
     if (newline >= 0 or start == 0) and len(chunk) == end - start:
-        seq = line_seq(chunk[newline + 1 : hi])
+        line = chunk[newline + 1 : hi]
+        seq = line_seq(line)
         if seq is not None:
-            return seq, torn
-    return _scan(fd, end, block_size, chunk), torn
+            return Tail(seq, torn, record_hash_of(line))
+    seq, line = _scan(fd, end, block_size, chunk)
+    return Tail(seq, torn, record_hash_of(line))
 
 
-def _scan(fd: int, end: int, block_size: int, chunk: bytes | None) -> int:
+def _scan(fd: int, end: int, block_size: int, chunk: bytes | None) -> tuple[int, bytes]:
+    # The seq of the last valid line and the line, or (0, b"").
     pos = end
     pending = _Pending(backward=True)
     while pos > 0:
@@ -128,16 +144,20 @@ def _scan(fd: int, end: int, block_size: int, chunk: bytes | None) -> int:
             return _scan(fd, os.fstat(fd).st_size, block_size, None)
         hi = len(chunk)
         while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
-            seq = line_seq(pending.take_line(chunk[newline + 1 : hi]))
+            line = pending.take_line(chunk[newline + 1 : hi])
+            seq = line_seq(line)
             if seq is not None:
-                return seq
+                return seq, line
             hi = newline
         pending.add(chunk[:hi])
         pos = start
         chunk = None
     if pending.pieces:  # the first line of the file
-        return line_seq(pending.take_line(b"")) or 0
-    return 0
+        line = pending.take_line(b"")
+        seq = line_seq(line)
+        if seq is not None:
+            return seq, line
+    return 0, b""
 
 
 def iter_lines(

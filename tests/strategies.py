@@ -74,10 +74,18 @@ junk_lines = st.one_of(
     st.binary(max_size=30).filter(lambda b: b"\n" not in b).map(lambda b: b + b"\n"),
 )
 
+
 # Anything at all, biased towards newlines, braces and seq lines so that tails are interesting.
+def hashed_line(seq: int) -> bytes:
+    """A line that ends like a schema-2 record, its hash made up from its seq."""
+    digest = f"{seq:064x}"[-64:]
+    return b'{"seq":%d,"prev_hash":null,"record_hash":"%s"}\n' % (seq, digest.encode())
+
+
 file_pieces = st.one_of(
     junk_lines,
     st.integers(min_value=0, max_value=U64_MAX).map(seq_line),
+    st.integers(min_value=0, max_value=50).map(hashed_line),
     st.integers(min_value=0, max_value=50).map(seq_line),
     st.binary(max_size=40),
     st.sampled_from([b"\n", b"{", b"}", b'{"seq":', b"\r\n", b" "]),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -23,11 +24,18 @@ def naive_lines(data: bytes) -> list[bytes]:
 
 
 def naive_last_seq(data: bytes) -> int:
+    return naive_tail(data)[0]
+
+
+def naive_tail(data: bytes) -> tuple[int, bool, str | None]:
+    """What an append reads from the tail: last seq, torn, the last valid line's record_hash."""
+    torn = bool(data) and not data.endswith(b"\n")
     for line in reversed(naive_lines(data)):
         seq = line_seq(line)
         if seq is not None:
-            return seq
-    return 0
+            match = re.search(rb',"record_hash":"([0-9a-f]{64})"}$', line)
+            return seq, torn, None if match is None else match[1].decode()
+    return 0, torn, None
 
 
 def _fd_of(tmp_path: Path, data: bytes) -> int:
@@ -55,8 +63,7 @@ def test_tail_state_equals_naive_scan_of_the_sealed_file(
         got = tail_state(fd, len(data), block_size)
     finally:
         os.close(fd)
-    torn = bool(data) and not data.endswith(b"\n")
-    assert got == (naive_last_seq(data + b"\n" if torn else data), torn)
+    assert got == naive_tail(data)
 
 
 @given(data=file_contents, chunk_size=block_sizes, fragment=st.booleans())
@@ -179,8 +186,7 @@ def test_tail_readers_with_blocks_cut_at_line_boundaries(
     fd = _fd_of(tmp_path, data)
     try:
         assert scan_last_seq(fd, len(data), block_size) == naive_last_seq(data)
-        torn = bool(data) and not data.endswith(b"\n")
-        assert tail_state(fd, len(data), block_size) == (naive_last_seq(data), torn)
+        assert tail_state(fd, len(data), block_size) == naive_tail(data)
     finally:
         os.close(fd)
 
@@ -189,6 +195,6 @@ def test_a_block_without_a_newline_is_not_taken_for_a_whole_line(tmp_path: Path)
     data = seq_line(1) + b'junk{"seq":5}\n'  # the line is invalid; its tail alone would parse
     fd = _fd_of(tmp_path, data)
     try:
-        assert tail_state(fd, len(data), len(b'{"seq":5}\n')) == (1, False)
+        assert tail_state(fd, len(data), len(b'{"seq":5}\n')) == (1, False, None)
     finally:
         os.close(fd)
