@@ -48,12 +48,12 @@ def _number(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in ``low..high``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        # int() would also take " 1", "1_0" and other scripts' digits.
+        if not re.fullmatch("[+-]?[0-9]+", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        value = int(text) if len(text) <= 40 else high + 1  # int() refuses 4,300 digits
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+            raise argparse.ArgumentTypeError(f"{text[:40]} is outside {low}..{high}")
         return value
 
     return parse
@@ -305,6 +305,8 @@ def _append(args: argparse.Namespace, root: Path) -> int:
             raise _UsageError("--payload goes with --event-type")
         from ._inspect import read_events
 
+        if sys.stdin is None:  # started with stdin closed
+            raise _UsageError("no events: stdin is closed (give --event-type)")
         # Bytes that are not UTF-8 become surrogates, which the checks name with their line.
         stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
         try:

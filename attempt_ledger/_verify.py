@@ -72,7 +72,10 @@ class _Ids:
 #: Seconds ``verify`` waits for a ledger's lock to tell an append in flight from a torn tail.
 LOCK_TIMEOUT = 10.0
 
-_LOCK_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+# O_NONBLOCK: opening a FIFO put at the lock path must not wait for a writer.
+_LOCK_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+)
 
 
 class _Checker:

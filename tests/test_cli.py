@@ -523,6 +523,10 @@ def test_a_fifo_at_a_ledger_path_is_refused_not_waited_on(
         ["show", "r", "n", "--attempt", "-1"],
         ["show", "r", "n", "--attempt", "4294967296"],
         ["show", "r", "n", "--attempt", ""],
+        ["show", "r", "n", "--attempt", " 1"],
+        ["show", "r", "n", "--attempt", "1_0"],
+        ["show", "r", "n", "--attempt", "\u0663"],
+        ["show", "r", "n", "--attempt", "9" * 5000],
         ["show", "r", "n", "--since-seq", "-1"],
         ["show", "r", "n", "--since-seq", "18446744073709551616"],
         ["show", "r", "n", "--since-seq", "1.5"],
@@ -612,3 +616,14 @@ def test_paths_that_are_not_utf8_print_in_any_locale(tmp_path: Path, locale: str
     assert os.fsencode(json.loads(appended.stdout)["path"]).startswith(raw_root)
     refused = run_bytes(root, *APPEND_R_N, "--event-type", "e", "--payload", "NaN", locale=locale)
     one_line_error_bytes(refused, 2, raw_root, b"payload is not JSON")
+
+
+def test_append_with_stdin_closed(root: Path) -> None:
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *COMMAND, "--root", str(root), *APPEND_R_N],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    one_line_error(done, 2, "stdin is closed")

@@ -174,3 +174,13 @@ def test_verify_takes_no_lock_file_into_being(root: Path) -> None:
     ledger.path.write_bytes(_line(ledger, 1) + b'{"seq":')
     assert _verify(ledger) == [f"{ledger.path}: torn-tail: 7 bytes after the last newline"]
     assert not ledger.lock_path.exists()
+
+
+def test_a_fifo_at_the_lock_path_is_not_waited_on(root: Path) -> None:
+    import os
+
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.path.parent.mkdir(parents=True)
+    ledger.path.write_bytes(_line(ledger, 1) + b'{"seq":')
+    os.mkfifo(ledger.lock_path)
+    assert _verify(ledger) == [f"{ledger.path}: torn-tail: 7 bytes after the last newline"]
