@@ -9,13 +9,15 @@ import tracemalloc
 from pathlib import Path
 
 import attrs
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attempt_ledger import AttemptLedger, ReceiptEvent
 from attempt_ledger._codec import decode_record
 from attempt_ledger._inspect import last_records, print_rows, record_row
-from tests.strategies import U64_MAX, records
+from attempt_ledger._records import ReceiptRecord
+from tests.strategies import U64_MAX, file_contents, records
 
 # Strings as JSON can spell them: lone surrogates ("\ud800") and control characters included.
 any_text = st.text(max_size=12)
@@ -115,3 +117,28 @@ def test_tail_over_a_large_garbage_tail_holds_no_more_than_a_block(root: Path) -
     assert [r.seq for r, _ in every] == [1, 2, 3, 4]
     assert all(json.loads(line)["seq"] == record.seq for record, line in every)
     assert max(three, four) < MIB, (three, four)
+
+
+@given(file_contents, st.integers(min_value=1, max_value=40), st.lists(records, max_size=3))
+def test_reading_back_finds_what_reading_forward_finds(
+    tmp_path_factory: pytest.TempPathFactory,
+    content: bytes,
+    block: int,
+    extra: list[ReceiptRecord],
+) -> None:
+    from attempt_ledger._codec import encode_record
+    from attempt_ledger._inspect import _lines_from_end
+
+    # Garbage and seq lines, with records among them; the last may lack its newline.
+    lines = content.split(b"\n") + [encode_record(r)[:-1] for r in extra]
+    data = b"\n".join(lines)
+    path = tmp_path_factory.mktemp("back") / "ledger.jsonl"
+    path.write_bytes(data)
+    forward = [r for r in map(decode_record, data.split(b"\n")) if r is not None]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        backward = [decode_record(line) for line in _lines_from_end(fd, len(data), block)]
+    finally:
+        os.close(fd)
+    assert [r for r in reversed(backward) if r is not None] == forward
+    assert [r for r, _ in last_records(path, len(forward) + 1)] == forward
