@@ -7,20 +7,24 @@ Exit status: 0 done; 1 a negative answer (``reconcile`` timed out, ``verify`` fo
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import json
 import os
+import re
+import stat
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
-from ._errors import LedgerError
+from ._errors import InvalidEvent, LedgerError, LedgerIOError
 from ._ledger import AttemptLedger
 from ._paths import receipts_root
-from ._records import ReceiptEvent
+from ._records import U32_MAX, U64_MAX, ReceiptEvent
 
 USAGE, FAILURE = 2, 3
 
@@ -33,60 +37,99 @@ class _Failure(Exception):
     """An error outside the ledger (the database): one line on stderr, exit 3."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def _number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high``."""
+
+    def parse(text: str) -> int:
+        # int() would also take " 1", "1_0" and other scripts' digits.
+        if not re.fullmatch("[+-]?[0-9]+", text, re.ASCII):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        value = int(text) if len(text) <= 40 else high + 1  # int() refuses 4,300 digits
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def _root_dir(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
+_U32, _U64, _COUNT = _number(0, U32_MAX), _number(0, U64_MAX), _number(0, 2**63 - 1)
+
+
 def _ledger_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run id (raw; sanitized for the path)")
     parser.add_argument("node", metavar="NODE", help="node id (raw; sanitized for the path)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="attempt-ledger", description="Inspect and write attempt-receipt ledgers."
     )
     parser.add_argument(
         "--root",
-        type=Path,
+        type=_root_dir,
         help="receipts root (default: $ATTEMPT_LEDGER_DIR, else the per-user state directory)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = commands.add_parser
 
     demo = add("demo", help="worker processes append to one ledger while another reconciles")
-    demo.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    demo.add_argument("--appends", type=int, default=2000, help="appends per worker (default 2000)")
+    demo.add_argument(
+        "--workers", type=_number(1, 16), default=4, help="worker processes, 1..16 (default 4)"
+    )
+    demo.add_argument(
+        "--appends",
+        type=_number(1, 100_000),
+        default=2000,
+        help="appends per worker, 1..100000 (default 2000)",
+    )
 
     ls = add("ls", help="runs and nodes under the root, with record counts and last seq")
     ls.add_argument("--json", action="store_true", help="one JSON object per ledger")
 
     show = add("show", help="a ledger's records as a table")
     _ledger_args(show)
-    show.add_argument("--attempt", type=int, help="only this attempt")
+    show.add_argument("--attempt", type=_U32, help="only this attempt")
     show.add_argument("--session", help="only this session id")
     show.add_argument("--event-type", help="only this event type")
-    show.add_argument("--since-seq", type=int, default=0, help="only records after this seq")
+    show.add_argument("--since-seq", type=_U64, default=0, help="only records after this seq")
     show.add_argument("--json", action="store_true", help="the matching lines, unchanged")
 
     tail = add("tail", help="the last records; -f follows new ones until interrupted")
     _ledger_args(tail)
-    tail.add_argument("-n", type=int, default=10, help="how many records (default 10)")
+    tail.add_argument("-n", type=_COUNT, default=10, help="how many records (default 10)")
     tail.add_argument("-f", "--follow", action="store_true", help="then follow new appends")
     tail.add_argument("--json", action="store_true", help="the lines, unchanged")
 
     append = add("append", help="append events: JSON lines on stdin, or one from the options")
     _ledger_args(append)
-    append.add_argument("--attempt", type=int, required=True)
+    append.add_argument("--attempt", type=_U32, required=True)
     append.add_argument("--session", required=True)
     append.add_argument("--event-type", help="one event of this type instead of stdin")
     append.add_argument("--payload", help="its payload, as JSON (default null)")
     append.add_argument("--durable", action="store_true", help="fsync the append")
 
-    last = add("last-seq", help="the seq of the ledger's last valid line")
+    last_help = "the seq of the ledger's last valid line (0 if there is none, or no ledger)"
+    last = add("last-seq", help=last_help, description=last_help)
     _ledger_args(last)
 
     rec = add("reconcile", help="wait for a seq; exit 0 found, 1 timed out")
     _ledger_args(rec)
-    rec.add_argument("--min-seq", type=int, required=True)
-    rec.add_argument("--timeout-ms", type=int, required=True)
-    rec.add_argument("--poll-ms", type=int, default=10)
+    rec.add_argument("--min-seq", type=_U64, required=True)
+    rec.add_argument("--timeout-ms", type=_U32, required=True)
+    rec.add_argument("--poll-ms", type=_U32, default=10)
 
     verify = add("verify", help="check ledgers line by line; exit 0 clean, 1 problems")
     verify.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
@@ -125,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=_UNENCODABLE)
     args = _parser().parse_args(argv)
     root: Path = args.root or receipts_root()
     try:
@@ -146,14 +192,57 @@ def _ledger(args: argparse.Namespace, root: Path, **options: Any) -> AttemptLedg
     return AttemptLedger(root, args.run, args.node, **options)
 
 
+def _unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    # A path that is not UTF-8 (os.fsdecode made its bytes surrogates) goes out as its bytes;
+    # anything else the stream cannot encode (a lone "\ud800", any non-ASCII in the C locale)
+    # as a backslash escape.
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(error)
+
+
+_UNENCODABLE = "attempt_ledger.unencodable"
+codecs.register_error(_UNENCODABLE, _unencodable)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=str)
+    # A lone surrogate (from a path that is not UTF-8) as its JSON escape: valid JSON, and
+    # json.loads then os.fsencode give the path's bytes back.
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _existing(path: Path, *, required: bool = True) -> Path:
+    """Check the ledger at ``path`` is a regular file (opening a FIFO would block), or missing
+    when not ``required``.
+
+    :raises _UsageError: if it is missing and ``required``.
+    :raises LedgerIOError: if it is not a regular file, or cannot be looked up.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if required:
+            raise _UsageError(f"{path}: no such ledger") from None
+        return path
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "open the ledger", error) from error
+    if not stat.S_ISREG(mode):
+        raise LedgerIOError(path, "cannot open the ledger: not a regular file")
+    return path
 
 
 def _demo(args: argparse.Namespace, root: Path) -> int:
     from ._demo import run_demo
 
-    return run_demo(root, max(args.workers, 1), max(args.appends, 1))
+    try:
+        return run_demo(root, args.workers, args.appends)
+    except TimeoutError as error:  # the workers stalled (LockTimeout is a LedgerError)
+        if isinstance(error, LedgerError):
+            raise
+        raise _Failure(f"demo: {error}") from None
 
 
 def _ls(args: argparse.Namespace, root: Path) -> int:
@@ -174,10 +263,10 @@ def _show(args: argparse.Namespace, root: Path) -> int:
     from ._inspect import print_rows, record_row
     from ._reader import iter_decoded
 
-    ledger = _ledger(args, root)
+    path = _existing(_ledger(args, root).path)
 
     def matching() -> Any:
-        for record, line, _ in iter_decoded(ledger.path):
+        for record, line, _ in iter_decoded(path):
             if record is None or line is None or record.seq <= args.since_seq:
                 continue
             if args.attempt is not None and record.attempt != args.attempt:
@@ -197,11 +286,10 @@ def _show(args: argparse.Namespace, root: Path) -> int:
 
 
 def _tail(args: argparse.Namespace, root: Path) -> int:
-    from ._codec import encode_record
-    from ._inspect import last_records, print_rows, record_row
+    from ._inspect import follow_lines, last_records, print_rows, record_row
 
     ledger = _ledger(args, root)
-    last = last_records(ledger.path, args.n)
+    last = last_records(_existing(ledger.path), args.n)
     if args.json:
         sys.stdout.buffer.writelines(line + b"\n" for _, line in last)
     else:
@@ -211,9 +299,9 @@ def _tail(args: argparse.Namespace, root: Path) -> int:
         since = last[-1][0].seq if last else ledger.last_seq()
         stop = threading.Event()
         try:
-            for record in ledger.follow(since, poll_interval=0.1, stop=stop):
+            for record, line in follow_lines(ledger.path, since, poll_interval=0.1, stop=stop):
                 if args.json:
-                    sys.stdout.buffer.write(encode_record(record))
+                    sys.stdout.buffer.write(line + b"\n")
                 else:
                     print_rows([record_row(record)], sys.stdout, header=False)
                 sys.stdout.flush()
@@ -234,13 +322,19 @@ def _append(args: argparse.Namespace, root: Path) -> int:
             raise _UsageError("--payload goes with --event-type")
         from ._inspect import read_events
 
+        if sys.stdin is None:  # started with stdin closed
+            raise _UsageError("no events: stdin is closed (give --event-type)")
+        # Bytes that are not UTF-8 become surrogates, which the checks name with their line.
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
         try:
-            events = read_events(sys.stdin)
+            events = read_events(stdin)
         except ValueError as error:
             raise _UsageError(str(error)) from None
     ledger = _ledger(args, root, durable=args.durable)
     try:
         summary = ledger.append(args.attempt, args.session, events)
+    except InvalidEvent as error:  # bad input: nothing was written
+        raise _UsageError(str(error)) from None
     finally:
         ledger.close()
     print(_json(attrs.asdict(summary)))
@@ -248,12 +342,16 @@ def _append(args: argparse.Namespace, root: Path) -> int:
 
 
 def _last_seq(args: argparse.Namespace, root: Path) -> int:
-    print(_ledger(args, root).last_seq())
+    ledger = _ledger(args, root)
+    _existing(ledger.path, required=False)  # a missing ledger's last seq is 0, as in the seed
+    print(ledger.last_seq())
     return 0
 
 
 def _reconcile(args: argparse.Namespace, root: Path) -> int:
-    summary = _ledger(args, root).reconcile(args.min_seq, args.timeout_ms, args.poll_ms)
+    ledger = _ledger(args, root)
+    _existing(ledger.path, required=False)  # a missing ledger is waited for
+    summary = ledger.reconcile(args.min_seq, args.timeout_ms, args.poll_ms)
     print(_json(attrs.asdict(summary)))
     return 0 if summary.found else 1
 
@@ -267,9 +365,7 @@ def _verify(args: argparse.Namespace, root: Path) -> int:
         problems = verify_root(root)
     else:
         run, node = ids
-        path = receipts_path(root, run, node)
-        if not path.is_file():
-            raise _UsageError(f"{path}: no such ledger")
+        path = _existing(receipts_path(root, run, node))
         problems = verify_ledger(path, sanitize_segment(run), sanitize_segment(node))
     found = 0
     for problem in problems:

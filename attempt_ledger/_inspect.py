@@ -5,30 +5,57 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ._codec import decode_record, encode_payload
+from ._codec import could_open_object, decode_record, encode_payload, encode_tail
 from ._errors import LedgerIOError
 from ._paths import iter_ledgers
 from ._reader import TAIL_BLOCK, iter_decoded, open_ledger, read_last_seq
-from ._records import ReceiptEvent, ReceiptRecord
+from ._reconcile import _start_offset, follow_with
+from ._records import JSONValue, ReceiptEvent, ReceiptRecord
 
 _SUMMARY_WIDTH = 60
+
+
+def list_ledgers(root: Path) -> Iterator[tuple[str, str, Path]]:
+    """:func:`iter_ledgers`, with a directory that cannot be listed as a :class:`LedgerIOError`.
+
+    :raises LedgerIOError: naming the directory (a root that is a file, no permission).
+    """
+    ledgers = iter_ledgers(root)
+    while True:
+        try:
+            item = next(ledgers)
+        except StopIteration:
+            return
+        except OSError as error:
+            where = root if error.filename is None else os.fsdecode(error.filename)
+            raise LedgerIOError.wrap(where, "list the ledgers", error) from error
+        yield item
 
 
 def ledger_summaries(root: Path) -> Iterator[dict[str, object]]:
     """One summary per ledger under ``root``: names, raw ids, record count, last seq, size.
 
     Counting reads each ledger once from the front.
+
+    :raises LedgerIOError: if the root or a ledger cannot be read.
     """
-    for run, node, path in iter_ledgers(root):
+    for run, node, path in list_ledgers(root):
         count, first = 0, None
         for record, _, _ in iter_decoded(path):
             if record is not None:
                 count += 1
                 first = first or record
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise LedgerIOError.wrap(path, "read the ledger", error) from error
         yield {
             "run": run,
             "node": node,
@@ -36,24 +63,62 @@ def ledger_summaries(root: Path) -> Iterator[dict[str, object]]:
             "node_id": first.node_id if first else None,
             "records": count,
             "last_seq": read_last_seq(path),
-            "bytes": path.stat().st_size,
+            "bytes": size,
             "path": str(path),
         }
 
 
+# Shown escaped in a table: control characters, lone surrogates (the reader accepts "\ud800"),
+# and the line and bidirectional controls that would rearrange a terminal's output.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def table_cell(text: str) -> str:
+    """``text`` with what a terminal cannot show (or would obey) escaped, for one table cell."""
+    return _UNSHOWABLE.sub(_escape, text)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _time_cell(ts_ms: int) -> str:
+    try:
+        when = _EPOCH + datetime.timedelta(milliseconds=ts_ms)
+    except OverflowError:  # past the year 9999 (ts_ms goes up to 2**64-1): no calendar date
+        return f"ts_ms {ts_ms}"
+    return when.isoformat(timespec="milliseconds") + "Z"
+
+
+def _payload_cell(payload: JSONValue) -> str:
+    try:
+        return encode_payload(payload)
+    except ValueError:
+        pass  # read back but not writable: 1e400 (infinity), nested deeper than MAX_DEPTH
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    except (ValueError, RecursionError):
+        return "(nested too deeply to show)"
+
+
 def record_row(record: ReceiptRecord) -> list[str]:
-    """The columns ``show`` and ``tail`` print for a record."""
-    when = datetime.datetime.fromtimestamp(record.ts_ms / 1000, tz=datetime.timezone.utc)
-    payload = encode_payload(record.payload)
+    """The columns ``show`` and ``tail`` print for a record (any record the reader accepts)."""
+    payload = _payload_cell(record.payload)
     if len(payload) > _SUMMARY_WIDTH:
         payload = payload[: _SUMMARY_WIDTH - 1] + "…"
     return [
         str(record.seq),
-        when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        _time_cell(record.ts_ms),
         str(record.attempt),
-        record.session_id,
-        record.event_type,
-        payload,
+        table_cell(record.session_id),
+        table_cell(record.event_type),
+        table_cell(payload),
     ]
 
 
@@ -86,8 +151,83 @@ def _print_page(page: list[list[str]], out: TextIO, *, header: bool) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
+# JSON text holds no raw control byte but whitespace; "\n" ends a line.
+_NOT_JSON = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_JSON_SPACE = b" \t\r"
+
+
+class _LineFromEnd:
+    """The pieces of one line gathered right to left; dropped as soon as they cannot end an
+    object (a raw control byte, or a last non-blank byte that is not ``}``)."""
+
+    __slots__ = ("edge_seen", "hopeless", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.edge_seen = self.hopeless = False
+
+    def add(self, piece: bytes) -> None:
+        if self.hopeless or not piece:
+            return
+        if _NOT_JSON.search(piece):
+            self.hopeless = True
+        elif not self.edge_seen and piece.strip(_JSON_SPACE):
+            self.edge_seen = True
+            self.hopeless = not piece.rstrip(_JSON_SPACE).endswith(b"}")
+        if self.hopeless:
+            self.pieces = []
+        else:
+            self.pieces.append(piece)
+
+    def take(self, first: bytes) -> bytes:
+        """The whole line, ``first`` its leftmost piece (b"" if it cannot be an object); reset."""
+        self.add(first)
+        pieces, hopeless = self.pieces, self.hopeless
+        self.pieces, self.edge_seen, self.hopeless = [], False, False
+        if hopeless or not pieces or not could_open_object(pieces[-1][:64]):
+            return b""
+        pieces.reverse()
+        return b"".join(pieces)
+
+
+# Bytes read per step back from the end: bigger than the reader's block, since tail wants
+# several records and a garbage tail is read through, not merely stepped over.
+_BACK_BLOCK = 16 * TAIL_BLOCK
+
+
+class _Shrunk(Exception):
+    """The file got shorter while it was read backwards (an append rolled back)."""
+
+
+def _lines_from_end(fd: int, end: int, block: int = _BACK_BLOCK) -> Iterator[bytes]:
+    """Yield the lines of ``[0, end)`` of ``fd`` last first, starting with the unterminated
+    fragment after the last newline (a record that lost only its newline counts); a line that
+    cannot be a JSON object comes as ``b""``. Holds at most one line plus one block.
+
+    :raises _Shrunk: if the file got shorter than ``end`` meanwhile.
+    :raises OSError: if reading fails.
+    """
+    line = _LineFromEnd()
+    pos = end
+    while pos > 0:
+        start = max(0, pos - block)
+        chunk = os.pread(fd, pos - start, start)
+        if len(chunk) != pos - start:
+            raise _Shrunk
+        hi = len(chunk)
+        while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
+            yield line.take(chunk[newline + 1 : hi])
+            hi = newline
+        line.add(chunk[:hi])
+        pos = start
+    yield line.take(b"")
+
+
 def last_records(path: Path, count: int) -> list[tuple[ReceiptRecord, bytes]]:
     """The last ``count`` well-typed records with their lines, reading back from the end.
+
+    Memory holds the records found plus one line and one block, however much garbage lies
+    between them and the end.
 
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
@@ -97,28 +237,64 @@ def last_records(path: Path, count: int) -> list[tuple[ReceiptRecord, bytes]]:
     if fd is None:
         return []
     try:
-        end = os.fstat(fd).st_size
-        start, block = end, TAIL_BLOCK
         while True:
-            start = max(0, start - block)
-            data = os.pread(fd, end - start, start)
-            lines = data.split(b"\n")[:-1]  # the fragment after the last newline is not a line
-            if start > 0:
-                lines = lines[1:]  # the first piece may be the end of a longer line
-            found = [(r, line) for line in lines if (r := decode_record(line)) is not None]
-            if len(found) >= count or start == 0:
-                return found[-count:]
-            block *= 2
+            found: list[tuple[ReceiptRecord, bytes]] = []
+            try:
+                for line in _lines_from_end(fd, os.fstat(fd).st_size):
+                    record = decode_record(line) if line else None
+                    if record is not None:
+                        found.append((record, line))
+                        if len(found) == count:
+                            break
+            except _Shrunk:
+                continue  # read the new end again
+            found.reverse()
+            return found
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:
         os.close(fd)
 
 
-def read_events(stream: TextIO, name: str = "<stdin>") -> list[ReceiptEvent]:
-    """Parse JSON lines ``{"event_type": ..., "payload": ...}`` (blank lines skipped).
+def follow_lines(
+    path: Path, since_seq: int, *, poll_interval: float, stop: threading.Event
+) -> Iterator[tuple[ReceiptRecord, bytes]]:
+    """What :func:`follow` yields, each record with its line as stored (unknown keys, key order
+    and all), until ``stop`` is set.
 
-    :raises ValueError: naming the line that is not such an object.
+    :raises LedgerIOError: if the ledger exists but cannot be read.
+    """
+    offset = _start_offset(path, since_seq)
+    stored = b""
+
+    def read_after(_: int) -> Iterator[ReceiptRecord]:
+        nonlocal offset, stored
+        for record, line, end in iter_decoded(path, offset):
+            offset = end
+            if record is not None and line is not None:
+                stored = line
+                yield record
+
+    # follow_with consumes read_after lazily and yields a record as soon as it gets it, so at
+    # that moment ``stored`` is that record's line.
+    for record in follow_with(
+        read_after,
+        lambda: read_last_seq(path),
+        since_seq,
+        poll_interval=poll_interval,
+        stop=stop,
+        timeout=None,
+        clock=time.monotonic,
+        sleep=time.sleep,
+    ):
+        yield record, stored
+
+
+def read_events(stream: TextIO, name: str = "<stdin>") -> list[ReceiptEvent]:
+    """Parse JSON lines ``{"event_type": ..., "payload": ...}`` (blank lines skipped), each
+    checked as an append would check it.
+
+    :raises ValueError: naming the line that is not such an object, or not a valid event.
     """
     events = []
     for number, text in enumerate(stream, 1):
@@ -133,5 +309,9 @@ def read_events(stream: TextIO, name: str = "<stdin>") -> list[ReceiptEvent]:
         unknown = set(obj) - {"event_type", "payload"}
         if unknown:
             raise ValueError(f"{name} line {number}: unknown keys {sorted(unknown)}")
+        try:
+            encode_tail(obj["event_type"], obj.get("payload"))  # NaN, 1e400, lone surrogates
+        except ValueError as error:
+            raise ValueError(f"{name} line {number}: {error}") from None
         events.append(ReceiptEvent(obj["event_type"], obj.get("payload")))
     return events

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
-from ._codec import decode_record, line_seq
-from ._errors import LedgerIOError
-from ._paths import iter_ledgers, sanitize_segment
+from ._codec import could_open_object, decode_record, line_seq
+from ._errors import LedgerError, LedgerIOError, LockTimeout
+from ._inspect import list_ledgers
+from ._paths import lock_path_for, sanitize_segment
 from ._reader import iter_lines, open_ledger
 
 
@@ -66,52 +69,149 @@ class _Ids:
         )
 
 
+#: Seconds ``verify`` waits for a ledger's lock to tell an append in flight from a torn tail.
+LOCK_TIMEOUT = 10.0
+
+# O_NONBLOCK: opening a FIFO put at the lock path must not wait for a writer.
+_LOCK_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+)
+
+
+class _Checker:
+    """The state of one ledger's check: the seqs and raw ids seen so far."""
+
+    def __init__(self, path: Path, run_name: str, node_name: str, run_ids: _Ids) -> None:
+        self.path, self.run_name, self.node_name = path, run_name, node_name
+        self.run_ids, self.node_ids = run_ids, _Ids()
+        self.previous: int | None = None
+        self.highest = 0
+
+    def line(self, number: int, line: bytes | None) -> Iterator[Problem]:
+        """The problems of line ``number``."""
+        path = self.path
+        verdict = _judge(line)
+        if verdict is not None:
+            yield Problem(path, number, *verdict)
+            return
+        assert line is not None
+        seq = line_seq(line)
+        assert seq is not None
+        yield from _seq_problems(path, number, self.previous, self.highest, seq)
+        self.previous, self.highest = seq, max(self.highest, seq)
+        record = decode_record(line)
+        if record is None:
+            yield Problem(path, number, "not-a-record", f"seq {seq} has no well-typed receipt")
+        elif sanitize_segment(record.run_id) != self.run_name:
+            yield Problem(path, number, "wrong-ledger", f"run_id {record.run_id!r}")
+        elif sanitize_segment(record.node_id) != self.node_name:
+            yield Problem(path, number, "wrong-ledger", f"node_id {record.node_id!r}")
+        else:
+            for ids, raw in ((self.run_ids, record.run_id), (self.node_ids, record.node_id)):
+                collision = ids.add(raw, path, number)
+                if collision is not None:
+                    yield collision
+
+
 def verify_ledger(
-    path: Path, run_name: str, node_name: str, run_ids: _Ids | None = None
+    path: Path,
+    run_name: str,
+    node_name: str,
+    run_ids: _Ids | None = None,
+    *,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> Iterator[Problem]:
     """Yield the problems of one ledger, in file order.
 
-    :raises LedgerIOError: if the ledger cannot be read.
+    The lines are read without a lock, so appends may go on. Bytes after the last newline are
+    an append in flight until the ledger's lock says otherwise: they are judged only as the
+    file stands while the lock is held (taken briefly, on a shared read-only descriptor).
+    A final line that lacks only its newline counts as a line, as readers count it.
+
+    :raises LedgerIOError: if the ledger or its lock file cannot be read.
+    :raises LockTimeout: if the lock stays taken for ``lock_timeout`` seconds.
     """
-    run_ids = run_ids if run_ids is not None else _Ids()
-    node_ids = _Ids()
-    previous: int | None = None
-    highest = end = 0
+    checker = _Checker(path, run_name, node_name, run_ids if run_ids is not None else _Ids())
     fd = open_ledger(path)
     if fd is None:
         raise LedgerIOError(path, "cannot open the ledger: no such file", errno.ENOENT)
+    number = end = 0
     try:
-        for number, (line, line_end) in enumerate(iter_lines(fd), 1):
+        for number, (line, line_end) in enumerate(iter_lines(fd, fragment=False), 1):
             end = line_end
-            verdict = _judge(line)
-            if verdict is not None:
-                yield Problem(path, number, *verdict)
-                continue
-            assert line is not None
-            seq = line_seq(line)
-            assert seq is not None
-            yield from _seq_problems(path, number, previous, highest, seq)
-            previous, highest = seq, max(highest, seq)
-            record = decode_record(line)
-            if record is None:
-                yield Problem(path, number, "not-a-record", f"seq {seq} has no well-typed receipt")
-                continue
-            if sanitize_segment(record.run_id) != run_name:
-                yield Problem(path, number, "wrong-ledger", f"run_id {record.run_id!r}")
-            elif sanitize_segment(record.node_id) != node_name:
-                yield Problem(path, number, "wrong-ledger", f"node_id {record.node_id!r}")
-            else:
-                for ids, raw in ((run_ids, record.run_id), (node_ids, record.node_id)):
-                    collision = ids.add(raw, path, number)
-                    if collision is not None:
-                        yield collision
-        size = os.fstat(fd).st_size
+            yield from checker.line(number, line)
+        if os.fstat(fd).st_size == end:
+            return
+        size, torn = _settled_tail(fd, lock_path_for(path), lock_timeout)
+        for line, line_end in iter_lines(fd, end, fragment=False):  # whole lines since
+            if line_end > size:
+                break
+            number, end = number + 1, line_end
+            yield from checker.line(number, line)
+        fragment = _fragment(fd, end, size) if torn and size > end else None
+    except LedgerError:  # about the lock file, already named; LockTimeout is an OSError too
+        raise
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:
         os.close(fd)
-    if size > end:
+    if fragment is None:
+        return
+    if fragment and line_seq(fragment) is not None:
+        yield from checker.line(number + 1, fragment)
+        yield Problem(path, number + 1, "torn-tail", "the last line has no final newline")
+    else:
         yield Problem(path, None, "torn-tail", f"{size - end} bytes after the last newline")
+
+
+def _try_lock(fd: int) -> bool:
+    """Take a shared lock on ``fd`` if it is free (an appender's exclusive lock excludes it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _settled_tail(fd: int, lock_path: Path, timeout: float) -> tuple[int, bool]:
+    """Return the ledger's size and whether it ends torn, as it stands while no append is in
+    flight: under the lock, which is opened read-only and never created (without a lock file
+    no append has ever run).
+
+    :raises LedgerIOError: if the lock file cannot be opened or locked.
+    :raises LockTimeout: if the lock stays taken for ``timeout`` seconds.
+    :raises OSError: if the ledger cannot be read.
+    """
+    try:
+        lock_fd = os.open(lock_path, _LOCK_FLAGS)
+    except FileNotFoundError:
+        lock_fd = None
+    except OSError as error:
+        raise LedgerIOError.wrap(lock_path, "open the lock file", error) from error
+    try:
+        if lock_fd is not None:
+            deadline, delay = time.monotonic() + timeout, 50e-6
+            while not _try_lock(lock_fd):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout(lock_path, timeout)
+                time.sleep(min(delay, remaining))  # back off: appends hold it for microseconds
+                delay = min(delay * 2, 5e-3)
+        size = os.fstat(fd).st_size
+        return size, size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # releases the lock
+
+
+def _fragment(fd: int, start: int, end: int) -> bytes:
+    """The unterminated bytes ``[start, end)``, or b"" when they cannot be one JSON object
+    (read whole only then, so a torn tail of garbage costs no memory)."""
+    head = os.pread(fd, min(64, end - start), start)
+    tail = os.pread(fd, min(64, end - start), max(start, end - 64))
+    if not could_open_object(head) or not tail.rstrip(b" \t\r").endswith(b"}"):
+        return b""
+    return os.pread(fd, end - start, start)
 
 
 def _seq_problems(
@@ -131,5 +231,5 @@ def _seq_problems(
 def verify_root(root: Path) -> Iterator[Problem]:
     """Yield the problems of every ledger under ``root``, collisions across a run included."""
     run_ids: dict[str, _Ids] = {}
-    for run_name, node_name, path in iter_ledgers(root):
+    for run_name, node_name, path in list_ledgers(root):
         yield from verify_ledger(path, run_name, node_name, run_ids.setdefault(run_name, _Ids()))

@@ -113,8 +113,15 @@ def test_every_byte_flip_is_caught(tmp_path: Path, data: st.DataObject) -> None:
 
 @given(st.data())
 def test_every_byte_deletion_is_caught(tmp_path: Path, data: st.DataObject) -> None:
-    index = data.draw(st.integers(0, len(VALID) - 1))
+    index = data.draw(st.integers(0, len(VALID) - 2))
     assert not verify_bytes(tmp_path, VALID[:index] + VALID[index + 1 :]).valid
+
+
+def test_deleting_the_final_newline_changes_no_record(tmp_path: Path) -> None:
+    # The last record, without its newline, still parses on its own: every reader counts it.
+    result = verify_bytes(tmp_path, VALID[:-1])
+    assert result.valid
+    assert result.root_hash == verify_bytes(tmp_path, VALID).root_hash
 
 
 def test_every_line_swap_and_removal_is_caught(tmp_path: Path) -> None:
