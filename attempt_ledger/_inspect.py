@@ -12,10 +12,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from ._codec import could_open_object, decode_record, encode_payload, encode_tail
+from ._codec import decode_record, encode_payload, encode_tail
 from ._errors import LedgerIOError
 from ._paths import iter_ledgers
-from ._reader import TAIL_BLOCK, iter_decoded, open_ledger, read_last_seq
+from ._reader import (
+    TAIL_BLOCK,
+    FileShrank,
+    iter_decoded,
+    lines_backward,
+    open_ledger,
+    read_last_seq,
+)
 from ._reconcile import _start_offset, follow_with
 from ._records import JSONValue, ReceiptEvent, ReceiptRecord
 
@@ -151,76 +158,9 @@ def _print_page(page: list[list[str]], out: TextIO, *, header: bool) -> None:
         out.write("  ".join(cells).rstrip() + "\n")
 
 
-# JSON text holds no raw control byte but whitespace; "\n" ends a line.
-_NOT_JSON = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-_JSON_SPACE = b" \t\r"
-
-
-class _LineFromEnd:
-    """The pieces of one line gathered right to left; dropped as soon as they cannot end an
-    object (a raw control byte, or a last non-blank byte that is not ``}``)."""
-
-    __slots__ = ("edge_seen", "hopeless", "pieces")
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-        self.edge_seen = self.hopeless = False
-
-    def add(self, piece: bytes) -> None:
-        if self.hopeless or not piece:
-            return
-        if _NOT_JSON.search(piece):
-            self.hopeless = True
-        elif not self.edge_seen and piece.strip(_JSON_SPACE):
-            self.edge_seen = True
-            self.hopeless = not piece.rstrip(_JSON_SPACE).endswith(b"}")
-        if self.hopeless:
-            self.pieces = []
-        else:
-            self.pieces.append(piece)
-
-    def take(self, first: bytes) -> bytes:
-        """The whole line, ``first`` its leftmost piece (b"" if it cannot be an object); reset."""
-        self.add(first)
-        pieces, hopeless = self.pieces, self.hopeless
-        self.pieces, self.edge_seen, self.hopeless = [], False, False
-        if hopeless or not pieces or not could_open_object(pieces[-1][:64]):
-            return b""
-        pieces.reverse()
-        return b"".join(pieces)
-
-
 # Bytes read per step back from the end: bigger than the reader's block, since tail wants
 # several records and a garbage tail is read through, not merely stepped over.
 _BACK_BLOCK = 16 * TAIL_BLOCK
-
-
-class _Shrunk(Exception):
-    """The file got shorter while it was read backwards (an append rolled back)."""
-
-
-def _lines_from_end(fd: int, end: int, block: int = _BACK_BLOCK) -> Iterator[bytes]:
-    """Yield the lines of ``[0, end)`` of ``fd`` last first, starting with the unterminated
-    fragment after the last newline (a record that lost only its newline counts); a line that
-    cannot be a JSON object comes as ``b""``. Holds at most one line plus one block.
-
-    :raises _Shrunk: if the file got shorter than ``end`` meanwhile.
-    :raises OSError: if reading fails.
-    """
-    line = _LineFromEnd()
-    pos = end
-    while pos > 0:
-        start = max(0, pos - block)
-        chunk = os.pread(fd, pos - start, start)
-        if len(chunk) != pos - start:
-            raise _Shrunk
-        hi = len(chunk)
-        while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
-            yield line.take(chunk[newline + 1 : hi])
-            hi = newline
-        line.add(chunk[:hi])
-        pos = start
-    yield line.take(b"")
 
 
 def last_records(path: Path, count: int) -> list[tuple[ReceiptRecord, bytes]]:
@@ -240,13 +180,13 @@ def last_records(path: Path, count: int) -> list[tuple[ReceiptRecord, bytes]]:
         while True:
             found: list[tuple[ReceiptRecord, bytes]] = []
             try:
-                for line in _lines_from_end(fd, os.fstat(fd).st_size):
+                for line in lines_backward(fd, os.fstat(fd).st_size, _BACK_BLOCK):
                     record = decode_record(line) if line else None
                     if record is not None:
                         found.append((record, line))
                         if len(found) == count:
                             break
-            except _Shrunk:
+            except FileShrank:
                 continue  # read the new end again
             found.reverse()
             return found

@@ -133,31 +133,49 @@ def tail_state(fd: int, end: int, block_size: int = TAIL_BLOCK) -> Tail:
 
 def _scan(fd: int, end: int, block_size: int, chunk: bytes | None) -> tuple[int, bytes]:
     # The seq of the last valid line and the line, or (0, b"").
-    pos = end
+    while True:
+        try:
+            for line in lines_backward(fd, end, block_size, chunk):
+                seq = line_seq(line)
+                if seq is not None:
+                    return seq, line
+            return 0, b""
+        except FileShrank:  # a writer rolled back a failed append: start over from the new end
+            end, chunk = os.fstat(fd).st_size, None
+
+
+class FileShrank(Exception):
+    """The file got shorter than the offset being read back from (an append rolled back)."""
+
+
+def lines_backward(
+    fd: int, end: int, block_size: int = TAIL_BLOCK, chunk: bytes | None = None
+) -> Iterator[bytes]:
+    """Yield the lines of ``[0, end)`` of ``fd`` last first, the bytes after the last ``\\n``
+    first of all; a line found unable to be a JSON object comes as ``b""``, its bytes dropped.
+
+    Holds at most one line plus one block.
+
+    :param chunk: the last block, ``[end - block_size, end)``, when the caller has read it.
+    :raises FileShrank: if the file got shorter than ``end`` meanwhile.
+    :raises OSError: if reading fails.
+    """
     pending = _Pending(backward=True)
+    pos = end
     while pos > 0:
         start = max(0, pos - block_size)
         if chunk is None:
             chunk = os.pread(fd, pos - start, start)
         if len(chunk) != pos - start:
-            # The file shrank under us (a writer rolled back a failed append): start over.
-            return _scan(fd, os.fstat(fd).st_size, block_size, None)
+            raise FileShrank
         hi = len(chunk)
         while (newline := chunk.rfind(b"\n", 0, hi)) >= 0:
-            line = pending.take_line(chunk[newline + 1 : hi])
-            seq = line_seq(line)
-            if seq is not None:
-                return seq, line
+            yield pending.take_line(chunk[newline + 1 : hi])
             hi = newline
         pending.add(chunk[:hi])
         pos = start
         chunk = None
-    if pending.pieces:  # the first line of the file
-        line = pending.take_line(b"")
-        seq = line_seq(line)
-        if seq is not None:
-            return seq, line
-    return 0, b""
+    yield pending.take_line(b"")  # the first line of the file
 
 
 def iter_lines(

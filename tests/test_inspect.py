@@ -127,7 +127,7 @@ def test_reading_back_finds_what_reading_forward_finds(
     extra: list[ReceiptRecord],
 ) -> None:
     from attempt_ledger._codec import encode_record
-    from attempt_ledger._inspect import _lines_from_end
+    from attempt_ledger._reader import lines_backward
 
     # Garbage and seq lines, with records among them; the last may lack its newline.
     lines = content.split(b"\n") + [encode_record(r)[:-1] for r in extra]
@@ -137,7 +137,7 @@ def test_reading_back_finds_what_reading_forward_finds(
     forward = [r for r in map(decode_record, data.split(b"\n")) if r is not None]
     fd = os.open(path, os.O_RDONLY)
     try:
-        backward = [decode_record(line) for line in _lines_from_end(fd, len(data), block)]
+        backward = [decode_record(line) for line in lines_backward(fd, len(data), block)]
     finally:
         os.close(fd)
     assert [r for r in reversed(backward) if r is not None] == forward
