@@ -196,11 +196,14 @@ class AttemptLedger:
         if not batch.tails:
             return empty_append(self.path, self.last_seq(), expected_last_seq)
         lock = self._lock
-        lock.acquire(self.lock_timeout)
-        try:
-            return self._append_locked(batch, expected_last_seq)
-        finally:
-            lock.release()
+        while True:
+            lock.acquire(self.lock_timeout)
+            try:
+                return self._append_locked(batch, expected_last_seq)
+            except _StaleLock:
+                lock.close()  # the lock file is no longer at its path: lock the one that is
+            finally:
+                lock.release()
 
     def _append_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None = None
@@ -221,6 +224,10 @@ class AttemptLedger:
             if stat is not None and (stat.st_ino != handles.ino or stat.st_dev != handles.dev):
                 stat = None
         if fd is None or stat is None:
+            # (Re)opening the ledger: first make sure the lock we hold is the one at its path. A
+            # run directory moved away takes its lock file along, still linked.
+            if not self._lock.is_current():
+                raise _StaleLock
             handles.close()
             fd, stat = self._open_ledger()
         size = stat.st_size
@@ -369,6 +376,10 @@ class AttemptLedger:
             clock=clock,
             sleep=sleep,
         )
+
+
+class _StaleLock(Exception):
+    """Raised under the lock when the lock file held is no longer the one at its path."""
 
 
 def _make_run_dir(run_dir: Path, handles: _Handles) -> None:

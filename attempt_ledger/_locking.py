@@ -186,6 +186,16 @@ class SidecarLock:
         """Close the lock file's descriptor (the mutex must be held); it is reopened on demand."""
         self._close()
 
+    def is_current(self) -> bool:
+        """Whether the lock file held open is still the file at the path (the mutex must be
+        held): not moved away, removed or replaced. One ``lstat``.
+        """
+        try:
+            status = os.lstat(self.path)
+        except OSError:
+            return False
+        return self._fd is not None and (status.st_dev, status.st_ino) == self._ident
+
     def _close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

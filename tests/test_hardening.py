@@ -13,6 +13,7 @@ import errno
 import math
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -30,6 +31,8 @@ from attempt_ledger import (
     AttemptLedger,
     LedgerError,
     LedgerIOError,
+    LockReentered,
+    LockTimeout,
     ReceiptEvent,
     append_receipts,
     read_last_seq,
@@ -266,6 +269,26 @@ def test_append_follows_the_path_after_the_ledger_is_replaced_by_a_hard_link(
     assert ledger.append(1, "s", EV).seq == 42
 
 
+def test_append_follows_the_path_after_the_run_directory_is_moved(ledger: AttemptLedger) -> None:
+    assert ledger.append(1, "s", EV).seq == 1
+    moved = ledger.path.parent.with_name("run.old")
+    ledger.path.parent.rename(moved)  # the lock file goes along, still linked
+    assert ledger.append(1, "s", EV).seq == 1
+    assert [r.seq for r in read_receipt_records(moved / "node.jsonl")] == [1]
+    assert [r.seq for r in read_receipt_records(ledger.path)] == [1]
+
+
+def test_a_writer_whose_run_directory_was_moved_takes_the_new_lock(ledger: AttemptLedger) -> None:
+    timed = AttemptLedger(ledger.root, "run", "node", lock_timeout=0)
+    timed.append(1, "s", EV)  # keeps the old lock file and ledger open
+    ledger.path.parent.rename(ledger.path.parent.with_name("run.old"))
+    assert ledger.append(1, "other", EV).seq == 1  # a new run directory, lock file and ledger
+    with FileLock(ledger.lock_path), pytest.raises(LockTimeout):
+        timed.append(1, "s", EV)  # must contend on the new lock file, not the moved one
+    assert timed.append(1, "s", EV).seq == 2
+    timed.close()
+
+
 # -- 5. ids too long for the lock file's name -----------------------------------------------------
 
 
@@ -424,3 +447,12 @@ def test_append_from_a_signal_handler_mid_append_raises_instead_of_deadlocking(
         "main",
         "main",
     ]
+
+
+def test_lock_reentered_is_a_ledger_error_that_pickles() -> None:
+    error = LockReentered(Path("/x/run/node.jsonl.lock"))
+    assert isinstance(error, LedgerError)
+    assert isinstance(error, RuntimeError)
+    clone = pickle.loads(pickle.dumps(error))
+    assert (type(clone), clone.path, str(clone)) == (LockReentered, error.path, str(error))
+    assert str(error).startswith("/x/run/node.jsonl.lock: this thread already holds the lock")
