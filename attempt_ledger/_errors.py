@@ -63,6 +63,23 @@ class LockTimeout(LedgerError, TimeoutError):
         return type(self), (self.path, self.timeout)
 
 
+class LockReentered(LedgerError, RuntimeError):
+    """The thread that holds a ledger's lock tried to take it again, which would wait for ever:
+    an append (or ``close``) from a signal handler or a callback while the same thread is inside
+    an append of that ledger. Nothing was written.
+
+    :ivar path: the lock file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        super().__init__(
+            path,
+            reason
+            or "this thread already holds the lock (a ledger used again from inside one of its"
+            " own appends, by a signal handler say, would wait for itself for ever)",
+        )
+
+
 class SeqExhausted(LedgerError, OverflowError):
     """Appending would take ``seq`` past ``2**64 - 1``; nothing was written.
 

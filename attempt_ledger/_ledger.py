@@ -15,19 +15,39 @@ import attrs
 
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerIOError, SeqConflict, SeqExhausted
+from ._files import CLOEXEC, open_regular
 from ._locking import SidecarLock
-from ._paths import lock_path_for, receipts_path
+from ._paths import lock_path_for, name_error, receipts_path
 from ._protocol import Ledger
 from ._reader import iter_records, read_last_seq, tail_state
 from ._reconcile import follow, reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | CLOEXEC
 
 
 def _check_timeout(_: object, __: object, value: float | None) -> None:
-    if value is not None and not value >= 0:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"lock_timeout must be None or a number of seconds, not {value!r}")
+    if not value >= 0:  # NaN too
         raise ValueError(f"lock_timeout must be None or >= 0, not {value!r}")
+
+
+def _to_root(value: str | os.PathLike[str]) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or an os.PathLike, not {type(value).__name__}")
+    try:
+        root = Path(value)
+        os.fsencode(root)
+    except TypeError:
+        raise TypeError(f"root must be a str path, not {value!r}") from None
+    except UnicodeEncodeError as error:
+        raise ValueError(f"root {value!r} cannot be encoded as a file name: {error}") from None
+    if "\x00" in str(root):
+        raise ValueError(f"root {value!r} contains a NUL character")
+    return root
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,17 +61,21 @@ def _fsync_dir(path: Path) -> None:
 class _Handles:
     """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
 
-    __slots__ = ("fd", "head", "known", "new_run_dir")
+    __slots__ = ("dev", "fd", "head", "ino", "known", "new_dirs")
 
     def __init__(self) -> None:
         self.fd: int | None = None
+        # st_dev and st_ino of the file fd is open on: the path must still name it.
+        self.dev = self.ino = -1
         # (attempt, session_id, encoded head) of the last append: workers repeat them. Read and
         # replaced as one tuple, so threads racing outside the lock never mix two entries.
         self.head: tuple[int, str, bytes] | None = None
         # (inode, size, last seq) after our last append: while the file still has that inode and
         # size, nobody has appended since, and the tail need not be read again.
         self.known: tuple[int, int, int] | None = None
-        self.new_run_dir = False
+        # Directories (and the ledger file) made for the ledger and not yet fsynced into their
+        # parents, outermost first: durable mode fsyncs those parents.
+        self.new_dirs: list[Path] = []
 
     def close(self) -> None:
         self.known = None
@@ -77,22 +101,31 @@ class AttemptLedger:
     :param run_id: the run's id, stored raw in each receipt; sanitized only for the path.
     :param node_id: the node's id, likewise.
     :param lock_timeout: seconds an append waits for the lock before raising
-        :class:`LockTimeout`; ``None`` (default) waits as long as it takes, blocking in the kernel.
-    :param durable: fsync the ledger after every append, and its directory (and the root's, for a
-        new run directory) when a file or directory is created.
-    :raises TypeError: if ``run_id`` or ``node_id`` is not a ``str``.
-    :raises ValueError: if ``lock_timeout`` is negative.
+        :class:`LockTimeout`; ``None`` (default) waits as long as it takes, blocking in the kernel,
+        and so does ``math.inf`` (or any wait longer than ``threading.TIMEOUT_MAX``).
+    :param durable: fsync the ledger after every append, and its directory when the ledger is
+        created, and the parent of every directory an append creates (run directory, root).
+    :raises TypeError: if ``root`` is not a ``str`` or path, ``run_id`` or ``node_id`` not a
+        ``str``, ``lock_timeout`` not ``None``, an ``int`` or a ``float``, ``durable`` not a
+        ``bool``.
+    :raises ValueError: if ``lock_timeout`` is negative or NaN, or ``root`` holds a NUL or
+        cannot be encoded as a file name.
+    :raises LedgerIOError: if the run directory's or the ledger's name is longer than a file
+        name may be (255 bytes; ``errno`` ``ENAMETOOLONG``), naming it.
     """
 
-    root: Path = attrs.field(converter=Path)
+    root: Path = attrs.field(converter=_to_root)
     run_id: str
     node_id: str
     lock_timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
-    durable: bool = attrs.field(default=False, kw_only=True)
+    durable: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool), kw_only=True
+    )
     #: The ledger file: ``root / sanitize(run_id) / sanitize(node_id).jsonl``.
     path: Path = attrs.field(init=False)
     #: The sidecar lock file, ``<path>.lock``.
     lock_path: Path = attrs.field(init=False)
+    _path: str = attrs.field(init=False, repr=False)  # path as a str, for the per-append lstat
     _lock: SidecarLock = attrs.field(init=False, repr=False)
     _handles: _Handles = attrs.field(init=False, repr=False, factory=_Handles)
 
@@ -101,9 +134,13 @@ class AttemptLedger:
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be str, not {type(getattr(self, name)).__name__}")
         path = receipts_path(self.root, self.run_id, self.node_id)
+        too_long = name_error(path)
+        if too_long is not None:
+            raise too_long
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "lock_path", lock_path_for(path))
-        make_parent = functools.partial(_make_run_dir, self.root, path.parent, self._handles)
+        object.__setattr__(self, "_path", os.fspath(path))
+        make_parent = functools.partial(_make_run_dir, path.parent, self._handles)
         object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=make_parent))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -160,25 +197,40 @@ class AttemptLedger:
         if not batch.tails:
             return empty_append(self.path, self.last_seq(), expected_last_seq)
         lock = self._lock
-        lock.acquire(self.lock_timeout)
-        try:
-            return self._append_locked(batch, expected_last_seq)
-        finally:
-            lock.release()
+        while True:
+            lock.acquire(self.lock_timeout)
+            try:
+                return self._append_locked(batch, expected_last_seq)
+            except _StaleLock:
+                lock.close()  # the lock file is no longer at its path: lock the one that is
+            finally:
+                lock.release()
 
     def _append_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None = None
     ) -> AppendSummary:
         handles = self._handles
-        fd = handles.fd if handles.fd is not None else self._ledger_fd()
-        try:
-            stat = os.fstat(fd)
-            if not stat.st_nlink:  # deleted or replaced since we opened it: follow the path
-                handles.close()
-                fd = self._ledger_fd()
-                stat = os.fstat(fd)
-        except OSError as error:
-            raise LedgerIOError.wrap(self.path, "stat the ledger", error) from error
+        # One lstat of the path, where an fstat of the descriptor would do for the size: the
+        # same inode means the same file, so the same size; another inode, or none, means the
+        # ledger was moved, removed or replaced since we opened it: follow the path.
+        fd = handles.fd
+        stat: os.stat_result | None = None
+        if fd is not None:
+            try:
+                stat = os.lstat(self._path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise LedgerIOError.wrap(self.path, "stat the ledger", error) from error
+            if stat is not None and (stat.st_ino != handles.ino or stat.st_dev != handles.dev):
+                stat = None
+        if fd is None or stat is None:
+            # (Re)opening the ledger: first make sure the lock we hold is the one at its path. A
+            # run directory moved away takes its lock file along, still linked.
+            if not self._lock.is_current():
+                raise _StaleLock
+            handles.close()
+            fd, stat = self._open_ledger()
         size = stat.st_size
         known = handles.known
         if known is not None and known[0] == stat.st_ino and known[1] == size:
@@ -224,24 +276,34 @@ class AttemptLedger:
         raise LedgerIOError.wrap(self.path, "append to the ledger", error) from error
 
     def _ledger_fd(self) -> int:
+        """The ledger's descriptor, opened (and the file created) if need be. Mutex held."""
+        if self._handles.fd is None:
+            self._open_ledger()
+        assert self._handles.fd is not None
+        return self._handles.fd
+
+    def _open_ledger(self) -> tuple[int, os.stat_result]:
+        # Opens the ledger (creating it if missing) into the handles; never through a symlink,
+        # never anything but a regular file. In durable mode the new entries are fsynced.
         handles = self._handles
-        if handles.fd is None:
-            created = False
+        created = False
+        try:
+            fd, stat = open_regular(self._path, _OPEN_FLAGS, "open the ledger")
+        except FileNotFoundError:
+            fd, stat = open_regular(self._path, _OPEN_FLAGS | os.O_CREAT, "open the ledger")
+            created = True
+        handles.fd, handles.dev, handles.ino = fd, stat.st_dev, stat.st_ino
+        if created:
+            handles.new_dirs.append(self.path)
+        if self.durable:
             try:
-                try:
-                    handles.fd = os.open(self.path, _OPEN_FLAGS)
-                except FileNotFoundError:
-                    handles.fd = os.open(self.path, _OPEN_FLAGS | os.O_CREAT, 0o666)
-                    created = True
-                if self.durable and (created or handles.new_run_dir):
-                    _fsync_dir(self.path.parent)
-                    if handles.new_run_dir:
-                        _fsync_dir(self.root)
-                    handles.new_run_dir = False
+                for made in reversed(handles.new_dirs):  # a new entry is in its parent
+                    _fsync_dir(made.parent)
             except OSError as error:
-                handles.close()
+                handles.close()  # the next append opens, and fsyncs them, again
                 raise LedgerIOError.wrap(self.path, "open the ledger", error) from error
-        return handles.fd
+        handles.new_dirs = []
+        return fd, stat
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -319,16 +381,29 @@ class AttemptLedger:
         )
 
 
-def _make_run_dir(root: Path, run_dir: Path, handles: _Handles) -> None:
+class _StaleLock(Exception):
+    """Raised under the lock when the lock file held is no longer the one at its path."""
+
+
+def _make_run_dir(run_dir: Path, handles: _Handles) -> None:
     # A plain function, not a method: the lock holds it, and a ledger -> lock -> ledger cycle
     # would keep a dropped ledger's descriptors open until the cycle collector ran.
+    # Makes the run directory and any missing parent (the root, its parents), outermost first.
+    missing = [run_dir]
     try:
-        try:
-            os.mkdir(run_dir)
-        except FileNotFoundError:
-            os.makedirs(root, exist_ok=True)
-            os.mkdir(run_dir)
-        handles.new_run_dir = True
+        while missing:
+            try:
+                os.mkdir(missing[-1])
+            except FileNotFoundError:
+                if missing[-1].parent == missing[-1]:
+                    raise
+                missing.append(missing[-1].parent)
+                continue
+            except FileExistsError:
+                if not missing[-1].is_dir():
+                    raise
+                # Made by another process just now: its entry may not be durable yet either.
+            handles.new_dirs.append(missing.pop())
     except (FileExistsError, NotADirectoryError, FileNotFoundError) as error:
         # Name the file that stands where a directory should be, not just the symptom.
         for path in (run_dir, *run_dir.parents):
@@ -337,10 +412,15 @@ def _make_run_dir(root: Path, run_dir: Path, handles: _Handles) -> None:
                     break
                 reason = f"is not a directory, so the run directory {run_dir} cannot be made"
                 raise LedgerIOError(path, reason, errno.ENOTDIR) from error
-        if not isinstance(error, FileExistsError):
-            raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
+        raise _cannot_make(run_dir, missing, error) from error
     except OSError as error:
-        raise LedgerIOError.wrap(run_dir, "create the run directory", error) from error
+        raise _cannot_make(run_dir, missing, error) from error
+
+
+def _cannot_make(run_dir: Path, missing: list[Path], error: OSError) -> LedgerIOError:
+    failed = missing[-1] if missing else run_dir
+    action = "create the run directory" if failed == run_dir else f"create {run_dir}'s parent"
+    return LedgerIOError.wrap(failed, action, error)
 
 
 def _rebuild(

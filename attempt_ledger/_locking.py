@@ -5,6 +5,10 @@ An OS lock (``flock`` on POSIX) belongs to an *open file description*: it exclud
 child that inherited it over ``fork()``. So the lock pairs the OS lock with a thread mutex, and
 a process that finds itself a fork child drops the inherited descriptor (without unlocking it:
 that would release the parent's lock) and opens its own.
+
+The thread that holds the lock cannot take it again (a signal handler or a callback appending
+in the middle of an append): that would wait for itself for ever, so it raises
+:class:`LockReentered` instead.
 """
 
 from __future__ import annotations
@@ -13,20 +17,28 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from threading import get_ident
 
 from filelock import lock_descriptor, unlock_descriptor
 
-from ._errors import LedgerIOError, LockTimeout
+from ._errors import LedgerIOError, LockReentered, LockTimeout
+from ._files import CLOEXEC, open_regular
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-_READ_ONLY_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | CLOEXEC
+_READ_ONLY_FLAGS = os.O_RDONLY | CLOEXEC
+_MISSING = (FileNotFoundError, NotADirectoryError)
+
+# Timeouts this long are for ever: threading's waits refuse anything above TIMEOUT_MAX
+# (~292 years), math.inf included.
+_FOREVER = threading.TIMEOUT_MAX
 
 # Backoff while polling for a lock under a timeout: short first, so a lock held for the few
 # microseconds of an append is picked up at once, growing so a long wait does not spin.
@@ -66,31 +78,39 @@ class SidecarLock:
         self._make_parent = make_parent
         self._clock = clock
         self._sleep = sleep
-        self._mutex = threading.Lock()
+        # Reentrant only so that re-entry can be seen and refused (see _claim), not allowed.
+        self._mutex = threading.RLock()
+        self._owner: int | None = None  # the thread inside acquire/release or the guard
         self._fd: int | None = None
+        self._ident: tuple[int, int] = (-1, -1)  # (st_dev, st_ino) of the file _fd is open on
         _live.add(self)
 
     def _forget_parent(self) -> None:
         # Runs in a fork child: the mutex may have been held by a thread that does not exist here,
         # and the descriptor is the parent's open file description.
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
+        self._owner = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def acquire(self, timeout: float | None = None) -> None:
-        """Take the lock; ``timeout`` in seconds, ``None`` to wait for ever, 0 to try once.
+        """Take the lock; ``timeout`` in seconds, ``None`` (or infinite) to wait for ever, 0 to
+        try once.
 
         :raises LockTimeout: if the lock is still held by another when ``timeout`` expires.
+        :raises LockReentered: if this thread holds it already (through this object, or, when
+            it would wait for ever, through another object on the same lock file).
         :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
         """
-        if timeout is None:
-            deadline = None
+        if timeout is None or timeout >= _FOREVER:
+            deadline = timeout = None
             self._mutex.acquire()
         else:
             deadline = self._clock() + timeout
             if not self._mutex.acquire(timeout=max(timeout, 0)):
                 raise LockTimeout(self.path, timeout)
+        self._claim()
         try:
             while True:
                 fd = self._fd if self._fd is not None else self._open()
@@ -106,8 +126,23 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
-            self._mutex.release()
+            self._exit()
             raise
+
+    def _claim(self) -> None:
+        # The mutex is an RLock only so that its holder's re-entry (a signal handler appending
+        # in the middle of an append) gets in to be refused here, where a Lock would make it
+        # wait for itself for ever. A handler that runs between taking the RLock and setting
+        # _owner (or between clearing it and releasing) runs a whole append while the
+        # interrupted one does nothing: serial, as it must be.
+        if self._owner is not None:
+            self._mutex.release()
+            raise LockReentered(self.path)
+        self._owner = get_ident()
+
+    def _exit(self) -> None:
+        self._owner = None
+        self._mutex.release()
 
     def release(self) -> None:
         """Release the lock taken by :meth:`acquire`. Never raises.
@@ -122,6 +157,7 @@ class SidecarLock:
                 except OSError:
                     self._close()
         finally:
+            self._owner = None  # _exit(), inline: every append runs this
             self._mutex.release()
 
     def __del__(self) -> None:
@@ -129,13 +165,36 @@ class SidecarLock:
             os.close(self._fd)
 
     @property
-    def mutex(self) -> threading.Lock:
-        """The thread mutex that :meth:`acquire` takes first; hold it to use state it guards."""
-        return self._mutex
+    def mutex(self) -> AbstractContextManager[None]:
+        """The thread mutex that :meth:`acquire` takes first, as a context manager; hold it to
+        use state it guards.
+
+        :raises LockReentered: on entry, if this thread holds it already.
+        """
+        return self._guard()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        self._mutex.acquire()
+        self._claim()
+        try:
+            yield
+        finally:
+            self._exit()
 
     def close(self) -> None:
         """Close the lock file's descriptor (the mutex must be held); it is reopened on demand."""
         self._close()
+
+    def is_current(self) -> bool:
+        """Whether the lock file held open is still the file at the path (the mutex must be
+        held): not moved away, removed or replaced. One ``lstat``.
+        """
+        try:
+            status = os.lstat(self.path)
+        except OSError:
+            return False
+        return self._fd is not None and (status.st_dev, status.st_ino) == self._ident
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -146,26 +205,26 @@ class SidecarLock:
         if self._fd is None:
             try:
                 self._fd = self._open_path()
-            except (FileNotFoundError, NotADirectoryError):
+            except _MISSING:
                 self._make_parent()  # raises LedgerIOError naming the directory it could not make
                 try:
                     self._fd = self._open_path()
-                except (FileNotFoundError, NotADirectoryError) as error:
+                except _MISSING as error:
                     raise LedgerIOError.wrap(self.path, "open the lock file", error) from error
         return self._fd
 
     def _open_path(self) -> int:
+        action = "open the lock file"
         try:
-            try:
-                return os.open(self.path, _OPEN_FLAGS, 0o666)
-            except PermissionError:
-                # A lock file another user created and we may not write: flock needs no write
-                # access, so lock it read-only, as everyone else does.
-                return os.open(self.path, _READ_ONLY_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
-            raise
-        except OSError as error:
-            raise LedgerIOError.wrap(self.path, "open the lock file", error) from error
+            fd, status = open_regular(
+                self.path, _OPEN_FLAGS, action, passthrough=(*_MISSING, PermissionError)
+            )
+        except PermissionError:
+            # A lock file another user created and we may not write: flock needs no write
+            # access, so lock it read-only, as everyone else does.
+            fd, status = open_regular(self.path, _READ_ONLY_FLAGS, action, passthrough=_MISSING)
+        self._ident = (status.st_dev, status.st_ino)
+        return fd
 
     def _try_lock(self, fd: int) -> bool:
         try:
@@ -175,6 +234,8 @@ class SidecarLock:
             raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
 
     def _wait(self, fd: int, deadline: float | None, timeout: float | None) -> None:
+        if deadline is None:
+            self._refuse_waiting_for_ourselves()
         if deadline is None and fcntl is not None:
             # The primitive filelock uses on POSIX, blocking: the kernel wakes us the moment the
             # holder releases, where polling would sleep for its interval.
@@ -196,3 +257,14 @@ class SidecarLock:
             if self._try_lock(fd):
                 return
             delay = min(delay * 2, _LAST_POLL)
+
+    def _refuse_waiting_for_ourselves(self) -> None:
+        # Another object of this process on the same lock file, held by this very thread further
+        # up the stack (a signal handler appending through a second ledger object): the OS lock
+        # excludes it like any other holder, and waiting for ever would wait for ourselves.
+        me = get_ident()
+        for other in list(_live):
+            held = other._owner == me and other._fd is not None and other._ident == self._ident
+            if held and other is not self:
+                self._close()
+                raise LockReentered(self.path)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._codec import rust_trim
+from ._errors import LedgerIOError
 
 #: Environment variable that names the receipts root used by :func:`receipts_root`.
 ROOT_ENV = "ATTEMPT_LEDGER_DIR"
@@ -17,6 +20,13 @@ RECEIPTS_DIRNAME = "automation_attempt_receipts"
 
 LEDGER_SUFFIX = ".jsonl"
 LOCK_SUFFIX = ".lock"
+
+#: The longest file name, in bytes, that the library counts on: Linux's NAME_MAX, which ext4,
+#: XFS, Btrfs, tmpfs and ZFS share.
+NAME_MAX = 255
+
+# Hex digits of SHA-256 that tell shortened lock names apart (64 bits).
+_LOCK_HASH_CHARS = 16
 
 
 def sanitize_segment(raw: str) -> str:
@@ -39,8 +49,35 @@ def receipts_path(root: str | os.PathLike[str], run_id: str, node_id: str) -> Pa
 
 
 def lock_path_for(ledger_path: Path) -> Path:
-    """Return the sidecar lock file of a ledger: ``<node>.jsonl.lock`` beside it."""
-    return ledger_path.with_name(ledger_path.name + LOCK_SUFFIX)
+    """Return the sidecar lock file of a ledger: ``<node>.jsonl.lock`` beside it.
+
+    When that name would pass :data:`NAME_MAX` bytes (ledger names of 251 to 255 bytes), it is
+    ``<start of the ledger name>.<hash of the whole name>.lock`` instead: still unique per
+    ledger, and never another ledger's ``*.jsonl.lock``.
+    """
+    name = ledger_path.name + LOCK_SUFFIX
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return ledger_path.with_name(name)
+    digest = hashlib.sha256(os.fsencode(ledger_path.name)).hexdigest()[:_LOCK_HASH_CHARS]
+    suffix = f".{digest}{LOCK_SUFFIX}"
+    start = ledger_path.name[: NAME_MAX - len(suffix)]  # characters: at least as many bytes
+    while len(os.fsencode(start + suffix)) > NAME_MAX:
+        start = start[:-1]  # whole characters, so a multi-byte one is never split
+    return ledger_path.with_name(start + suffix)
+
+
+def name_error(path: Path) -> LedgerIOError | None:
+    """Return the error for a ledger path whose run directory or file name cannot exist.
+
+    Both must fit :data:`NAME_MAX` bytes; checked up front, so nothing is created for a ledger
+    that could never be.
+    """
+    for part in (path.parent, path):
+        size = len(os.fsencode(part.name))
+        if size > NAME_MAX:
+            reason = f"cannot be created: its name is {size} bytes, the limit is {NAME_MAX}"
+            return LedgerIOError(part, reason, errno.ENAMETOOLONG)
+    return None
 
 
 def _user_state_dir() -> Path:
@@ -74,7 +111,8 @@ def iter_ledgers(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]
     """Yield ``(run directory name, node name, path)`` for every ledger under ``root``, sorted.
 
     A missing root has no ledgers. The names are the sanitized segments; the raw ids are in the
-    receipts.
+    receipts. Only regular files count: a symlink, FIFO or socket named ``*.jsonl`` is no
+    ledger (the ledger would refuse to open it); run directories may be symlinks.
 
     :raises OSError: if ``root`` exists but cannot be listed.
     """
@@ -87,7 +125,9 @@ def iter_ledgers(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]
     for run in runs:
         with os.scandir(base / run) as entries:
             names = sorted(
-                e.name for e in entries if e.name.endswith(LEDGER_SUFFIX) and e.is_file()
+                e.name
+                for e in entries
+                if e.name.endswith(LEDGER_SUFFIX) and e.is_file(follow_symlinks=False)
             )
         for name in names:
             yield run, name[: -len(LEDGER_SUFFIX)], base / run / name

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from ._chain import record_hash_of
 from ._codec import could_open_object, decode_record, line_seq
 from ._errors import LedgerIOError
+from ._files import CLOEXEC, open_regular
 from ._records import ReceiptRecord
 
 #: Bytes read per step when scanning back from the end of a ledger.
@@ -274,11 +275,12 @@ def iter_decoded(
 def open_ledger(path: str | os.PathLike[str]) -> int | None:
     """Open a ledger for reading; ``None`` if it does not exist.
 
-    :raises LedgerIOError: if it exists but cannot be opened.
+    Never blocks, and never opens anything but a regular file (a FIFO would block ``open()``).
+
+    :raises LedgerIOError: if it exists but cannot be opened, is a symbolic link or is not a
+        regular file.
     """
     try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return open_regular(path, os.O_RDONLY | CLOEXEC, "open the ledger")[0]
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise LedgerIOError.wrap(path, "open the ledger", error) from error

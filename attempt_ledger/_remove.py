@@ -180,20 +180,9 @@ def _remove_ledger(path: Path, lock_timeout: float | None, keep: _Keep | None) -
 def _remove_run(run_dir: Path, lock_timeout: float | None, keep: _Keep | None) -> Removal:
     if not _is_run_dir(run_dir):
         return Removal(run_dir)
-    try:
-        names = os.listdir(run_dir)
-    except FileNotFoundError:
+    ledgers = _checked_ledgers(run_dir)
+    if ledgers is None:
         return Removal(run_dir)
-    except OSError as error:
-        raise LedgerIOError.wrap(run_dir, "list the run directory", error) from error
-    lock_suffix = LEDGER_SUFFIX + LOCK_SUFFIX
-    ledgers = sorted(
-        {name[: -len(LOCK_SUFFIX)] for name in names if name.endswith(lock_suffix)}
-        | {name for name in names if name.endswith(LEDGER_SUFFIX)}
-    )
-    for name in ledgers:  # all checked before anything is removed
-        _check_file(run_dir / name)
-        _check_file(lock_path_for(run_dir / name))
     files: list[Path] = []
     reasons: list[str] = []
     for name in ledgers:
@@ -210,6 +199,29 @@ def _remove_run(run_dir: Path, lock_timeout: float | None, keep: _Keep | None) -
             raise LedgerIOError.wrap(run_dir, "remove the run directory", error) from error
         return Removal(run_dir, tuple(files), kept="; ".join(reasons) or _not_empty(run_dir))
     return Removal(run_dir, tuple(files), dir_removed=True)
+
+
+def _checked_ledgers(run_dir: Path) -> list[str] | None:
+    """The names of the ledgers (and lone lock files' ledgers) in ``run_dir``, each ledger and
+    lock file checked to be a regular file with one link; ``None`` if the directory is gone.
+
+    :raises LedgerIOError: naming the first path that is not fit for removal.
+    """
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise LedgerIOError.wrap(run_dir, "list the run directory", error) from error
+    lock_suffix = LEDGER_SUFFIX + LOCK_SUFFIX
+    ledgers = sorted(
+        {name[: -len(LOCK_SUFFIX)] for name in names if name.endswith(lock_suffix)}
+        | {name for name in names if name.endswith(LEDGER_SUFFIX)}
+    )
+    for name in ledgers:  # all checked before anything is removed
+        _check_file(run_dir / name)
+        _check_file(lock_path_for(run_dir / name))
+    return ledgers
 
 
 def _not_empty(run_dir: Path) -> str:
@@ -345,6 +357,8 @@ def runs_older_than(root: Path, cutoff_ms: int) -> list[tuple[Path, list[Path]]]
         ledgers = [path for _, _, path in group]
         if max(newest_ms(path) for path in ledgers) < cutoff_ms:
             runs.append((run_dir, ledgers))
+    for run_dir, _ in runs:  # every run checked before any is removed
+        _checked_ledgers(run_dir)
     return runs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -47,16 +48,24 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], results: Any) -> None:
         results.put(("raised", error))
 
 
-def as_unprivileged(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(*args)`` in a child process without root; return or raise what it did."""
+def as_unprivileged(fn: Callable[..., Any], *args: Any, timeout: float = 60) -> Any:
+    """Run ``fn(*args)`` in a child process without root; return or raise what it did.
+
+    A child that does not answer within ``timeout`` seconds is killed and the test fails.
+    """
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     child = ctx.Process(target=_call, args=(fn, args, results))  # type: ignore[attr-defined]
     child.start()
     try:
-        kind, value = results.get(timeout=60)
+        kind, value = results.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"{fn} did not return within {timeout} s")
     finally:
-        child.join(timeout=60)
+        child.join(timeout=timeout)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=timeout)
     if kind == "raised":
         raise value
     return value
@@ -153,6 +162,31 @@ def test_lock_file_we_may_not_write_is_locked_read_only(shared_dir: Path) -> Non
         os.chown(ledger.lock_path, 0, 0)  # another user's lock file, mode 0644
     ledger.lock_path.chmod(0o644)
     assert as_unprivileged(_append, root) == 2
+
+
+def test_fifo_lock_file_we_may_not_write_is_refused_without_blocking(shared_dir: Path) -> None:
+    # Locking read-only opens the lock file O_RDONLY: a FIFO there must not block that open.
+    root = shared_dir / "root"
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    ledger.close()
+    ledger.lock_path.unlink()
+    os.mkfifo(ledger.lock_path, 0o644)
+    give_to_nobody(shared_dir)
+    if os.geteuid() == 0:
+        os.chown(ledger.lock_path, 0, 0)  # another user's, so it cannot be opened for writing
+    before = snapshot_names(shared_dir)
+    with pytest.raises(LedgerIOError) as info:
+        as_unprivileged(_append, root, timeout=20)
+    assert info.value.path == ledger.lock_path
+    assert "is not a regular file" in str(info.value)
+    assert snapshot_names(shared_dir) == before
+    assert [r.seq for r in ledger.records()] == [1]
+
+
+def snapshot_names(top: Path) -> list[str]:
+    """Every path below ``top``, without reading any (a FIFO would block a read)."""
+    return sorted(str(path) for path in top.rglob("*"))
 
 
 def _fill_until_full(root: Path, results: list[int]) -> None:

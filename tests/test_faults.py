@@ -119,7 +119,7 @@ STEPS = [
         fresh=True,
     ),
     Step("take the lock", locking_module, "lock_descriptor", lambda *a: True, errno.ENOLCK),
-    Step("stat the ledger", os, "fstat", _on_ledger, errno.EIO),
+    Step("stat the ledger", os, "lstat", lambda p, *a: str(p).endswith("node.jsonl"), errno.EIO),
     Step("read the tail", os, "pread", _on_ledger, errno.EIO, fresh=True),
     Step("seal write", os, "write", _on_ledger, errno.ENOSPC, torn=True),
     Step("short write, ENOSPC", os, "write", _on_ledger, errno.ENOSPC, torn=True, partial=True),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from attempt_ledger import LedgerIOError, LockTimeout
+from attempt_ledger import LedgerError, LedgerIOError, LockTimeout
 from attempt_ledger._locking import SidecarLock
 
 
@@ -190,3 +191,50 @@ def test_fork_child_gets_a_fresh_mutex_not_the_parents_held_one(tmp_path: Path) 
         if child.is_alive():
             child.kill()
     assert child.exitcode == 0
+
+
+def test_the_holding_thread_taking_the_lock_again_raises_instead_of_deadlocking(
+    tmp_path: Path,
+) -> None:
+    # What a signal handler appending in the middle of an append does, through the same lock
+    # object or another one on the same file: waiting would be waiting for itself.
+    lock, other = make_lock(tmp_path), make_lock(tmp_path)
+    outcome: list[str] = []
+
+    def enter_mutex() -> None:
+        with lock.mutex:
+            pass
+
+    def holder() -> None:
+        lock.acquire()
+        try:
+            again_with_timeout = lambda: lock.acquire(timeout=5)  # noqa: E731
+            for again in (lock.acquire, again_with_timeout, other.acquire, enter_mutex):
+                try:
+                    again()
+                    outcome.append("acquired")
+                except LedgerError as error:
+                    outcome.append(f"{type(error).__name__} {isinstance(error, RuntimeError)}")
+        finally:
+            lock.release()
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "deadlocked"
+    assert outcome == ["LockReentered True"] * 4
+    for each in (lock, other):  # nothing stays held
+        each.acquire(timeout=0)
+        each.release()
+    # Another object with a timeout is another holder as before: it times out.
+    lock.acquire()
+    with pytest.raises(LockTimeout):
+        other.acquire(timeout=0)
+    lock.release()
+
+
+def test_an_infinite_timeout_waits_like_none(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    for timeout in (math.inf, threading.TIMEOUT_MAX, 1e300):
+        lock.acquire(timeout)
+        lock.release()

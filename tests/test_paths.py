@@ -9,12 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attempt_ledger import (
+    iter_ledgers,
     receipt_path_for_state_dir,
     receipts_path,
     receipts_root,
     receipts_root_for_state_dir,
     sanitize_segment,
 )
+from attempt_ledger._paths import lock_path_for
 
 any_text = st.text(st.characters(), max_size=40)
 
@@ -89,3 +91,44 @@ def test_receipts_root_default_is_the_user_state_dir(
     assert receipts_root() == (
         tmp_path / ".local" / "state" / "attempt_ledger" / "automation_attempt_receipts"
     )
+
+
+@pytest.mark.parametrize("length", [7, 100, 249, 250])
+def test_lock_name_is_unchanged_where_it_fits(length: int) -> None:
+    # Existing lock files keep working: every "<ledger name>.lock" of at most 255 bytes stays.
+    ledger = Path("/r/run") / ("n" * (length - 6) + ".jsonl")
+    assert lock_path_for(ledger) == ledger.with_name(ledger.name + ".lock")
+
+
+@given(st.integers(min_value=245, max_value=249), st.text("ab-_09", min_size=1, max_size=3))
+def test_lock_name_is_shortened_where_it_would_not_fit(length: int, tail: str) -> None:
+    # Ledger names of 251..255 bytes: "<name>.lock" would pass the 255-byte limit.
+    stem = ("n" * length + tail)[:length]
+    ledger = Path("/r/run") / f"{stem}.jsonl"
+    lock = lock_path_for(ledger)
+    assert lock.parent == ledger.parent
+    assert lock.name.endswith(".lock")
+    assert len(os.fsencode(lock.name)) <= 255
+    assert lock.name.startswith(stem[:200])
+    assert not lock.name.endswith(".jsonl.lock")  # never another ledger's lock name
+    assert lock_path_for(ledger) == lock  # stable
+    other = ledger.with_name(f"{stem[:-1]}x.jsonl")
+    assert lock_path_for(other) != lock
+
+
+def test_lock_name_of_a_non_ascii_ledger_name_counts_bytes() -> None:
+    ledger = Path("/r") / ("é" * 124 + ".jsonl")  # 254 bytes, 130 characters
+    lock = lock_path_for(ledger)
+    assert len(os.fsencode(lock.name)) <= 255
+    assert lock.name.endswith(".lock")
+    os.fsdecode(os.fsencode(lock.name))  # whole characters, not a split one
+
+
+def test_iter_ledgers_lists_regular_files_only(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "a.jsonl").write_bytes(b"")
+    (run / "link.jsonl").symlink_to(run / "a.jsonl")
+    os.mkfifo(run / "fifo.jsonl")
+    (tmp_path / "linked-run").symlink_to(run)  # run directories may be symlinks
+    assert [(r, n) for r, n, _ in iter_ledgers(tmp_path)] == [("linked-run", "a"), ("run", "a")]
