@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import threading
@@ -16,6 +15,7 @@ import attrs
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerIOError, SeqConflict, SeqExhausted
 from ._files import CLOEXEC, open_regular
+from ._handles import Handles, fsync_dir, make_run_dir, write_all
 from ._locking import SidecarLock
 from ._paths import lock_path_for, name_error, receipts_path
 from ._protocol import Ledger
@@ -48,45 +48,6 @@ def _to_root(value: str | os.PathLike[str]) -> Path:
     if "\x00" in str(root):
         raise ValueError(f"root {value!r} contains a NUL character")
     return root
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Handles:
-    """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
-
-    __slots__ = ("dev", "fd", "head", "ino", "known", "new_dirs")
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-        # st_dev and st_ino of the file fd is open on: the path must still name it.
-        self.dev = self.ino = -1
-        # (attempt, session_id, encoded head) of the last append: workers repeat them. Read and
-        # replaced as one tuple, so threads racing outside the lock never mix two entries.
-        self.head: tuple[int, str, bytes] | None = None
-        # (inode, size, last seq) after our last append: while the file still has that inode and
-        # size, nobody has appended since, and the tail need not be read again.
-        self.known: tuple[int, int, int] | None = None
-        # Directories (and the ledger file) made for the ledger and not yet fsynced into their
-        # parents, outermost first: durable mode fsyncs those parents.
-        self.new_dirs: list[Path] = []
-
-    def close(self) -> None:
-        self.known = None
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-    def __del__(self) -> None:
-        # A ledger dropped without close() must not leak its descriptor.
-        if self.fd is not None:
-            os.close(self.fd)
 
 
 @attrs.frozen(eq=False)
@@ -127,7 +88,7 @@ class AttemptLedger:
     lock_path: Path = attrs.field(init=False)
     _path: str = attrs.field(init=False, repr=False)  # path as a str, for the per-append lstat
     _lock: SidecarLock = attrs.field(init=False, repr=False)
-    _handles: _Handles = attrs.field(init=False, repr=False, factory=_Handles)
+    _handles: Handles = attrs.field(init=False, repr=False, factory=Handles)
 
     def __attrs_post_init__(self) -> None:
         for name in ("run_id", "node_id"):
@@ -140,7 +101,7 @@ class AttemptLedger:
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "lock_path", lock_path_for(path))
         object.__setattr__(self, "_path", os.fspath(path))
-        make_parent = functools.partial(_make_run_dir, path.parent, self._handles)
+        make_parent = functools.partial(make_run_dir, path.parent, self._handles)
         object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=make_parent))
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -248,7 +209,7 @@ class AttemptLedger:
             data = seal + data
         handles.known = None
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if self.durable:
                 os.fsync(fd)
         except OSError as error:
@@ -298,7 +259,7 @@ class AttemptLedger:
         if self.durable:
             try:
                 for made in reversed(handles.new_dirs):  # a new entry is in its parent
-                    _fsync_dir(made.parent)
+                    fsync_dir(made.parent)
             except OSError as error:
                 handles.close()  # the next append opens, and fsyncs them, again
                 raise LedgerIOError.wrap(self.path, "open the ledger", error) from error
@@ -385,56 +346,10 @@ class _StaleLock(Exception):
     """Raised under the lock when the lock file held is no longer the one at its path."""
 
 
-def _make_run_dir(run_dir: Path, handles: _Handles) -> None:
-    # A plain function, not a method: the lock holds it, and a ledger -> lock -> ledger cycle
-    # would keep a dropped ledger's descriptors open until the cycle collector ran.
-    # Makes the run directory and any missing parent (the root, its parents), outermost first.
-    missing = [run_dir]
-    try:
-        while missing:
-            try:
-                os.mkdir(missing[-1])
-            except FileNotFoundError:
-                if missing[-1].parent == missing[-1]:
-                    raise
-                missing.append(missing[-1].parent)
-                continue
-            except FileExistsError:
-                if not missing[-1].is_dir():
-                    raise
-                # Made by another process just now: its entry may not be durable yet either.
-            handles.new_dirs.append(missing.pop())
-    except (FileExistsError, NotADirectoryError, FileNotFoundError) as error:
-        # Name the file that stands where a directory should be, not just the symptom.
-        for path in (run_dir, *run_dir.parents):
-            if path.exists() or path.is_symlink():
-                if path.is_dir():
-                    break
-                reason = f"is not a directory, so the run directory {run_dir} cannot be made"
-                raise LedgerIOError(path, reason, errno.ENOTDIR) from error
-        raise _cannot_make(run_dir, missing, error) from error
-    except OSError as error:
-        raise _cannot_make(run_dir, missing, error) from error
-
-
-def _cannot_make(run_dir: Path, missing: list[Path], error: OSError) -> LedgerIOError:
-    failed = missing[-1] if missing else run_dir
-    action = "create the run directory" if failed == run_dir else f"create {run_dir}'s parent"
-    return LedgerIOError.wrap(failed, action, error)
-
-
 def _rebuild(
     root: Path, run_id: str, node_id: str, lock_timeout: float | None, durable: bool
 ) -> AttemptLedger:
     return AttemptLedger(root, run_id, node_id, lock_timeout=lock_timeout, durable=durable)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
-    if written < len(data):  # a short write: rare, so the view is only made then
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 def _conforms(ledger: AttemptLedger) -> Ledger:

@@ -404,17 +404,17 @@ def _reenter_from_signal(root: Path, results: Any) -> None:
                 seen.append(f"{name}: {type(error).__name__} {kinds}")
 
     signal.signal(signal.SIGUSR1, handler)
-    real_write_all = ledger_module._write_all
+    real_write_all = ledger_module.write_all
 
     def write_then_signal(fd: int, data: bytes) -> None:
         os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs here, under the lock
         real_write_all(fd, data)
 
-    ledger_module._write_all = write_then_signal
+    ledger_module.write_all = write_then_signal
     try:
         seq = ledger.append(1, "main", EV).seq
     finally:
-        ledger_module._write_all = real_write_all
+        ledger_module.write_all = real_write_all
     seen.append(f"main: {seq}")
     seen.append(f"after: {ledger.append(1, 'main', EV).seq}")
     results.put(seen)

@@ -1,0 +1,107 @@
+"""What a file ledger keeps open between appends, and the directories an append makes."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from ._errors import LedgerIOError
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path``, so that the entries made in it are durable.
+
+    :raises OSError: if opening or syncing fails.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Handles:
+    """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
+
+    __slots__ = ("dev", "fd", "head", "ino", "known", "new_dirs")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        # st_dev and st_ino of the file fd is open on: the path must still name it.
+        self.dev = self.ino = -1
+        # (attempt, session_id, encoded head) of the last append: workers repeat them. Read and
+        # replaced as one tuple, so threads racing outside the lock never mix two entries.
+        self.head: tuple[int, str, bytes] | None = None
+        # (inode, size, last seq) after our last append: while the file still has that inode and
+        # size, nobody has appended since, and the tail need not be read again.
+        self.known: tuple[int, int, int] | None = None
+        # Directories (and the ledger file) made for the ledger and not yet fsynced into their
+        # parents, outermost first: durable mode fsyncs those parents.
+        self.new_dirs: list[Path] = []
+
+    def close(self) -> None:
+        self.known = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A ledger dropped without close() must not leak its descriptor.
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def make_run_dir(run_dir: Path, handles: Handles) -> None:
+    """Make the run directory and any missing parent (the root, its parents), outermost first,
+    noting each in ``handles.new_dirs`` for durable mode.
+
+    :raises LedgerIOError: naming a file that stands where a directory should be, or the
+        directory that could not be made.
+    """
+    # A plain function, not a method: the lock holds it, and a ledger -> lock -> ledger cycle
+    # would keep a dropped ledger's descriptors open until the cycle collector ran.
+    missing = [run_dir]
+    try:
+        while missing:
+            try:
+                os.mkdir(missing[-1])
+            except FileNotFoundError:
+                if missing[-1].parent == missing[-1]:
+                    raise
+                missing.append(missing[-1].parent)
+                continue
+            except FileExistsError:
+                if not missing[-1].is_dir():
+                    raise
+                # Made by another process just now: its entry may not be durable yet either.
+            handles.new_dirs.append(missing.pop())
+    except (FileExistsError, NotADirectoryError, FileNotFoundError) as error:
+        # Name the file that stands where a directory should be, not just the symptom.
+        for path in (run_dir, *run_dir.parents):
+            if path.exists() or path.is_symlink():
+                if path.is_dir():
+                    break
+                reason = f"is not a directory, so the run directory {run_dir} cannot be made"
+                raise LedgerIOError(path, reason, errno.ENOTDIR) from error
+        raise _cannot_make(run_dir, missing, error) from error
+    except OSError as error:
+        raise _cannot_make(run_dir, missing, error) from error
+
+
+def _cannot_make(run_dir: Path, missing: list[Path], error: OSError) -> LedgerIOError:
+    failed = missing[-1] if missing else run_dir
+    action = "create the run directory" if failed == run_dir else f"create {run_dir}'s parent"
+    return LedgerIOError.wrap(failed, action, error)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, however short the writes.
+
+    :raises OSError: if a write fails.
+    """
+    written = os.write(fd, data)
+    if written < len(data):  # a short write: rare, so the view is only made then
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
