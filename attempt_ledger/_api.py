@@ -25,7 +25,7 @@ from ._records import AppendSummary, ReceiptDraft, ReceiptEvent, ReceiptRecord, 
 #: Most ledgers the module-level functions keep open at once.
 CACHE_SIZE = 64
 
-_cache: OrderedDict[tuple[str, str, str], AttemptLedger] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str, bool], AttemptLedger] = OrderedDict()
 _cache_mutex = threading.Lock()
 
 
@@ -38,13 +38,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _ledger(root: str | os.PathLike[str], run_id: str, node_id: str) -> AttemptLedger:
-    key = (os.fspath(root), run_id, node_id)
+def _ledger(
+    root: str | os.PathLike[str], run_id: str, node_id: str, hash_chain: bool
+) -> AttemptLedger:
+    key = (os.fspath(root), run_id, node_id, hash_chain)
     evicted = None
     with _cache_mutex:
         ledger = _cache.get(key)
         if ledger is None:
-            ledger = _cache[key] = AttemptLedger(root, run_id, node_id)
+            ledger = _cache[key] = AttemptLedger(root, run_id, node_id, hash_chain=hash_chain)
             if len(_cache) > CACHE_SIZE:
                 _, evicted = _cache.popitem(last=False)
         else:
@@ -70,25 +72,35 @@ def append_receipts(
     attempt: int,
     session_id: str,
     events: Iterable[ReceiptEvent],
+    *,
+    hash_chain: bool = False,
 ) -> AppendSummary:
     """Append ``events`` to the ledger of (run, node) under ``root``.
 
     See :meth:`AttemptLedger.append`; ids that are not ``str`` raise :class:`InvalidEvent`.
 
+    :param hash_chain: write schema-2 (hash-chained) records, as ``AttemptLedger(...,
+        hash_chain=True)``; a ledger whose last record is hashed is continued as a chain anyway.
     :raises LedgerError: as :meth:`AttemptLedger.append`.
+    :raises TypeError: if ``hash_chain`` is not a ``bool``.
     """
     for name, value in (("run_id", run_id), ("node_id", node_id)):
         if not isinstance(value, str):
             raise InvalidEvent(root, f"{name} must be str, not {type(value).__name__}")
-    return _ledger(root, run_id, node_id).append(attempt, session_id, events)
+    if type(hash_chain) is not bool:
+        raise TypeError(f"hash_chain must be a bool, not {hash_chain!r}")
+    return _ledger(root, run_id, node_id, hash_chain).append(attempt, session_id, events)
 
 
-def append_receipt(state_dir: str | os.PathLike[str], draft: ReceiptDraft) -> AppendSummary:
+def append_receipt(
+    state_dir: str | os.PathLike[str], draft: ReceiptDraft, *, hash_chain: bool = False
+) -> AppendSummary:
     """Append one draft under ``state_dir / "automation_attempt_receipts"``.
 
     As in the seed, ``record_count`` is the number of well-typed records in the whole file after
     the append, which costs a read of the whole file.
 
+    :param hash_chain: as for :func:`append_receipts`.
     :raises LedgerError: as :meth:`AttemptLedger.append`.
     """
     summary = append_receipts(
@@ -98,6 +110,7 @@ def append_receipt(state_dir: str | os.PathLike[str], draft: ReceiptDraft) -> Ap
         draft.attempt,
         draft.session_id,
         [ReceiptEvent(draft.event_type, draft.payload)],
+        hash_chain=hash_chain,
     )
     return AppendSummary(summary.path, summary.seq, _count_records(summary.path))
 

@@ -33,9 +33,9 @@ class Handles:
         # (attempt, session_id, encoded head) of the last append: workers repeat them. Read and
         # replaced as one tuple, so threads racing outside the lock never mix two entries.
         self.head: tuple[int, str, bytes] | None = None
-        # (inode, size, last seq) after our last append: while the file still has that inode and
-        # size, nobody has appended since, and the tail need not be read again.
-        self.known: tuple[int, int, int] | None = None
+        # (inode, size, last seq, last record_hash) after our last append: while the file still
+        # has that inode and size, nobody has appended since, and the tail need not be read again.
+        self.known: tuple[int, int, int, str | None] | None = None
         # Directories (and the ledger file) made for the ledger and not yet fsynced into their
         # parents, outermost first: durable mode fsyncs those parents.
         self.new_dirs: list[Path] = []

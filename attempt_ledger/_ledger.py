@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import attrs
 
+from ._chain import render_chained
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerIOError, SeqConflict, SeqExhausted
 from ._files import CLOEXEC, open_regular
@@ -66,9 +67,12 @@ class AttemptLedger:
         and so does ``math.inf`` (or any wait longer than ``threading.TIMEOUT_MAX``).
     :param durable: fsync the ledger after every append, and its directory when the ledger is
         created, and the parent of every directory an append creates (run directory, root).
+    :param hash_chain: write schema-2 records, each chained to the one before by SHA-256. An
+        append to a ledger whose last valid line is a hashed record continues the chain
+        whatever this says: this library never breaks a chain.
     :raises TypeError: if ``root`` is not a ``str`` or path, ``run_id`` or ``node_id`` not a
-        ``str``, ``lock_timeout`` not ``None``, an ``int`` or a ``float``, ``durable`` not a
-        ``bool``.
+        ``str``, ``lock_timeout`` not ``None``, an ``int`` or a ``float``, ``durable`` or
+        ``hash_chain`` not a ``bool``.
     :raises ValueError: if ``lock_timeout`` is negative or NaN, or ``root`` holds a NUL or
         cannot be encoded as a file name.
     :raises LedgerIOError: if the run directory's or the ledger's name is longer than a file
@@ -80,6 +84,9 @@ class AttemptLedger:
     node_id: str
     lock_timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
     durable: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool), kw_only=True
+    )
+    hash_chain: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool), kw_only=True
     )
     #: The ledger file: ``root / sanitize(run_id) / sanitize(node_id).jsonl``.
@@ -106,7 +113,8 @@ class AttemptLedger:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Descriptors and mutexes do not travel; a spawned worker gets a fresh ledger.
-        return _rebuild, (self.root, self.run_id, self.node_id, self.lock_timeout, self.durable)
+        options = (self.lock_timeout, self.durable, self.hash_chain)
+        return _rebuild, (self.root, self.run_id, self.node_id, *options)
 
     def __enter__(self) -> AttemptLedger:
         return self
@@ -195,16 +203,20 @@ class AttemptLedger:
         size = stat.st_size
         known = handles.known
         if known is not None and known[0] == stat.st_ino and known[1] == size:
-            last_seq = known[2]
+            last_seq, last_hash = known[2], known[3]
             seal = b""
         else:
-            last_seq, seal = self._read_tail(fd, size)
+            last_seq, seal, last_hash = self._read_tail(fd, size)
         if expected_last_seq is not None and expected_last_seq != last_seq:
             raise SeqConflict(self.path, expected_last_seq, last_seq)
         count = len(batch.tails)
         if last_seq + count > U64_MAX:
             raise SeqExhausted(self.path, last_seq, count)
-        data = batch.render(last_seq + 1, time.time_ns() // 1_000_000)
+        ts_ms = time.time_ns() // 1_000_000
+        if self.hash_chain or last_hash is not None:  # a chain is never broken
+            data, last_hash = render_chained(batch, last_seq + 1, ts_ms, last_hash)
+        else:
+            data = batch.render(last_seq + 1, ts_ms)
         if seal:
             data = seal + data
         handles.known = None
@@ -215,16 +227,16 @@ class AttemptLedger:
         except OSError as error:
             self._roll_back(fd, size, error)
         last_seq += count
-        handles.known = (stat.st_ino, size + len(data), last_seq)
+        handles.known = (stat.st_ino, size + len(data), last_seq, last_hash)
         return AppendSummary(self.path, last_seq, count)
 
-    def _read_tail(self, fd: int, size: int) -> tuple[int, bytes]:
-        # Returns the last seq once a torn last line is sealed, and the seal to write first.
+    def _read_tail(self, fd: int, size: int) -> tuple[int, bytes, str | None]:
+        # The last seq, the seal to write first (if the last line is torn), the hash to chain from.
         try:
-            last_seq, torn, _ = tail_state(fd, size)
+            tail = tail_state(fd, size)
         except OSError as error:
             raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
-        return last_seq, b"\n" if torn else b""
+        return tail.last_seq, b"\n" if tail.torn else b"", tail.last_hash
 
     def _roll_back(self, fd: int, size: int, error: OSError) -> NoReturn:
         try:
@@ -347,9 +359,16 @@ class _StaleLock(Exception):
 
 
 def _rebuild(
-    root: Path, run_id: str, node_id: str, lock_timeout: float | None, durable: bool
+    root: Path,
+    run_id: str,
+    node_id: str,
+    lock_timeout: float | None,
+    durable: bool,
+    hash_chain: bool = False,
 ) -> AttemptLedger:
-    return AttemptLedger(root, run_id, node_id, lock_timeout=lock_timeout, durable=durable)
+    return AttemptLedger(
+        root, run_id, node_id, lock_timeout=lock_timeout, durable=durable, hash_chain=hash_chain
+    )
 
 
 def _conforms(ledger: AttemptLedger) -> Ledger:

@@ -189,3 +189,14 @@ def test_filelock_in_another_process_excludes_appends(
         process.join(timeout=JOIN)
         assert process.exitcode == 0
     assert os.path.getsize(ledger.path) > 0
+
+
+def test_processes_keep_one_hash_chain(ctx: BaseContext, children: list[Any], root: Path) -> None:
+    from attempt_ledger import verify_receipt_ledger
+
+    ledger = AttemptLedger(root, "run", "node", hash_chain=True)
+    acknowledged = run_workers(ctx, children, root, workers=4, rounds=60, ledger=ledger)
+    total = check_exact(ledger.path, acknowledged)
+    result = verify_receipt_ledger(ledger.path)
+    assert result.valid, result.problems
+    assert result.record_count == result.hashed_record_count == total
