@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import sys
 import threading
@@ -40,6 +41,7 @@ from ._errors import InvalidEvent, LedgerError
 from ._ledger import AttemptLedger
 from ._paths import receipts_root
 from ._records import ReceiptEvent
+from ._verify import chain_problems
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--attempt", type=U32, help="only this attempt")
     show.add_argument("--session", help="only this session id")
     show.add_argument("--event-type", help="only this event type")
-    show.add_argument("--since-seq", type=U64, default=0, help="only records after this seq")
+    show.add_argument("--since-seq", type=U64, help="only records after this seq")
     show.add_argument("--json", action="store_true", help="the matching lines, unchanged")
 
     tail = add("tail", help="the last records; -f follows new ones until interrupted")
@@ -87,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     append.add_argument("--event-type", help="one event of this type instead of stdin")
     append.add_argument("--payload", help="its payload, as JSON (default null)")
     append.add_argument("--durable", action="store_true", help="fsync the append")
+    append.add_argument(
+        "--hash-chain",
+        action="store_true",
+        help="write schema-2 (hash-chained) records; a chained ledger is continued anyway",
+    )
 
     last_help = "the seq of the ledger's last valid line (0 if there is none, or no ledger)"
     last = add("last-seq", help=last_help, description=last_help)
@@ -101,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     verify = add("verify", help="check ledgers line by line; exit 0 clean, 1 problems")
     verify.add_argument("ids", nargs="*", metavar="RUN NODE", help="one ledger (or --all)")
     verify.add_argument("--all", action="store_true", help="every ledger under the root")
+    verify.add_argument(
+        "--root-hash",
+        metavar="HEX",
+        help="a root hash saved earlier (see manifest): some record must have it, or the "
+        "ledger was truncated or rewritten since",
+    )
+
+    manifest_help = "the ledger's manifest as JSON: record count, last seq, root hash"
+    manifest = add("manifest", help=manifest_help, description=manifest_help)
+    ledger_args(manifest)
 
     add_admin_commands(add)
     return parser
@@ -165,7 +182,9 @@ def _show(args: argparse.Namespace, root: Path) -> int:
 
     def matching() -> Any:
         for record, line, _ in iter_decoded(path):
-            if record is None or line is None or record.seq <= args.since_seq:
+            if record is None or line is None:
+                continue
+            if args.since_seq is not None and record.seq <= args.since_seq:
                 continue
             if args.attempt is not None and record.attempt != args.attempt:
                 continue
@@ -179,7 +198,7 @@ def _show(args: argparse.Namespace, root: Path) -> int:
         for _, line in matching():
             sys.stdout.buffer.write(line + b"\n")
     else:
-        print_rows((record_row(r) for r, _ in matching()), sys.stdout)
+        print_rows((record_row(r, line) for r, line in matching()), sys.stdout)
     return 0
 
 
@@ -191,7 +210,7 @@ def _tail(args: argparse.Namespace, root: Path) -> int:
     if args.json:
         sys.stdout.buffer.writelines(line + b"\n" for _, line in last)
     else:
-        print_rows((record_row(r) for r, _ in last), sys.stdout)
+        print_rows((record_row(r, line) for r, line in last), sys.stdout)
     sys.stdout.flush()
     if args.follow:
         since = last[-1][0].seq if last else ledger.last_seq()
@@ -201,7 +220,7 @@ def _tail(args: argparse.Namespace, root: Path) -> int:
                 if args.json:
                     sys.stdout.buffer.write(line + b"\n")
                 else:
-                    print_rows([record_row(record)], sys.stdout, header=False)
+                    print_rows([record_row(record, line)], sys.stdout, header=False)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             stop.set()
@@ -228,7 +247,7 @@ def _append(args: argparse.Namespace, root: Path) -> int:
             events = read_events(stdin)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    ledger = _ledger(args, root, durable=args.durable)
+    ledger = _ledger(args, root, durable=args.durable, hash_chain=args.hash_chain)
     try:
         summary = ledger.append(args.attempt, args.session, events)
     except InvalidEvent as error:  # bad input: nothing was written
@@ -255,22 +274,34 @@ def _reconcile(args: argparse.Namespace, root: Path) -> int:
 
 
 def _verify(args: argparse.Namespace, root: Path) -> int:
+    from ._chain import is_hash
     from ._paths import receipts_path, sanitize_segment
     from ._verify import verify_ledger, verify_root
 
     ids = one_or_all(args)
+    if args.root_hash is not None and (ids is None or not is_hash(args.root_hash)):
+        raise UsageError("--root-hash takes 64 lowercase hex digits, with RUN NODE")
     if ids is None:
         problems = verify_root(root)
     else:
         run, node = ids
         path = existing(receipts_path(root, run, node))
-        problems = verify_ledger(path, sanitize_segment(run), sanitize_segment(node))
+        lines = verify_ledger(path, sanitize_segment(run), sanitize_segment(node))
+        problems = itertools.chain(lines, chain_problems(path, args.root_hash))
     found = 0
     for problem in problems:
         found += 1
         print(problem)
     print(f"{found} problem{'s' if found != 1 else ''} found", file=sys.stderr)
     return 1 if found else 0
+
+
+def _manifest(args: argparse.Namespace, root: Path) -> int:
+    from ._manifest import receipt_ledger_manifest
+
+    path = existing(_ledger(args, root).path)
+    print(receipt_ledger_manifest(path).to_json())
+    return 0
 
 
 _COMMANDS = {
@@ -282,5 +313,6 @@ _COMMANDS = {
     "last-seq": _last_seq,
     "reconcile": _reconcile,
     "verify": _verify,
+    "manifest": _manifest,
     **admin_commands,
 }

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+from ._chain import record_hash_of
 from ._codec import decode_record, encode_payload, encode_tail
 from ._errors import LedgerIOError
 from ._paths import iter_ledgers
@@ -107,15 +108,20 @@ def _payload_cell(payload: JSONValue) -> str:
     try:
         return encode_payload(payload)
     except ValueError:
-        pass  # read back but not writable: 1e400 (infinity), nested deeper than MAX_DEPTH
+        pass  # read back but not writable: 1e400 (infinity)
     try:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     except (ValueError, RecursionError):
         return "(nested too deeply to show)"
 
 
-def record_row(record: ReceiptRecord) -> list[str]:
-    """The columns ``show`` and ``tail`` print for a record (any record the reader accepts)."""
+def record_row(record: ReceiptRecord, line: bytes = b"") -> list[str]:
+    """The columns ``show`` and ``tail`` print for a record (any record the reader accepts).
+
+    :param line: the record's line: a hashed record (schema 2) shows the start of its
+        ``record_hash`` in the CHAIN column, an unhashed one ``-``.
+    """
+    record_hash = record_hash_of(line) if line else None
     payload = _payload_cell(record.payload)
     if len(payload) > _SUMMARY_WIDTH:
         payload = payload[: _SUMMARY_WIDTH - 1] + "…"
@@ -125,11 +131,12 @@ def record_row(record: ReceiptRecord) -> list[str]:
         str(record.attempt),
         table_cell(record.session_id),
         table_cell(record.event_type),
+        "-" if record_hash is None else record_hash[:12],
         table_cell(payload),
     ]
 
 
-ROW_HEADER = ["SEQ", "TIME (UTC)", "ATTEMPT", "SESSION", "EVENT", "PAYLOAD"]
+ROW_HEADER = ["SEQ", "TIME (UTC)", "ATTEMPT", "SESSION", "EVENT", "CHAIN", "PAYLOAD"]
 
 
 def print_rows(rows: Iterable[list[str]], out: TextIO, *, header: bool = True) -> int:

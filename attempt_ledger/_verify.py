@@ -16,6 +16,7 @@ from ._errors import LedgerError, LedgerIOError, LockTimeout
 from ._inspect import list_ledgers
 from ._paths import lock_path_for, sanitize_segment
 from ._reader import iter_lines, open_ledger
+from ._verify_chain import verify_receipt_ledger
 
 
 @attrs.frozen
@@ -229,7 +230,38 @@ def _seq_problems(
 
 
 def verify_root(root: Path) -> Iterator[Problem]:
-    """Yield the problems of every ledger under ``root``, collisions across a run included."""
+    """Yield the problems of every ledger under ``root``, collisions across a run and hash
+    chains included."""
     run_ids: dict[str, _Ids] = {}
     for run_name, node_name, path in list_ledgers(root):
         yield from verify_ledger(path, run_name, node_name, run_ids.setdefault(run_name, _Ids()))
+        yield from chain_problems(path)
+
+
+# What the hash-chain verifier finds that the line checks above do not (seqs, torn tails and
+# lines that are not records are theirs).
+_CHAIN_KINDS = frozenset(
+    {
+        "record_hash_mismatch",
+        "chain_break",
+        "dangling_prev_hash",
+        "unhashed_after_hashed",
+        "missing_record_hash",
+        "bad_hash_fields",
+        "wrong_version",
+        "duplicate_key",
+        "root_hash_not_found",
+    }
+)
+
+
+def chain_problems(path: Path, root_hash: str | None = None) -> Iterator[Problem]:
+    """Yield the hash-chain problems of the ledger at ``path`` (see
+    :func:`verify_receipt_ledger`), kinds spelt with hyphens like the others.
+
+    :param root_hash: a root hash saved earlier, which some record must have.
+    :raises LedgerIOError: if the ledger cannot be read.
+    """
+    for problem in verify_receipt_ledger(path, expected_root_hash=root_hash).problems:
+        if problem.kind in _CHAIN_KINDS:
+            yield Problem(path, problem.line, problem.kind.replace("_", "-"), problem.detail)

@@ -173,7 +173,8 @@ def test_ls(root: Path, seeded: AttemptLedger) -> None:
 
 def test_show_table_filters_and_raw_json(root: Path, seeded: AttemptLedger) -> None:
     table = run(root, "show", "run/1", "node:a").stdout.splitlines()
-    assert table[0].split() == ["SEQ", "TIME", "(UTC)", "ATTEMPT", "SESSION", "EVENT", "PAYLOAD"]
+    header = ["SEQ", "TIME", "(UTC)", "ATTEMPT", "SESSION", "EVENT", "CHAIN", "PAYLOAD"]
+    assert table[0].split() == header
     assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]
     assert (
         len({row.index("start") if "start" in row else row.index("EVENT") for row in table[:2]})
@@ -229,7 +230,7 @@ def test_rows_stream_in_pages_under_one_header() -> None:
 
     from attempt_ledger._inspect import ROW_HEADER, print_rows
 
-    rows = [[str(i), "t", "1", "s", "e", "null"] for i in range(1200)]
+    rows = [[str(i), "t", "1", "s", "e", "-", "null"] for i in range(1200)]
     out = io.StringIO()
     assert print_rows(rows, out) == 1200
     lines = out.getvalue().splitlines()
@@ -248,6 +249,7 @@ def test_rows_stream_in_pages_under_one_header() -> None:
         "ATTEMPT",
         "SESSION",
         "EVENT",
+        "CHAIN",
         "PAYLOAD",
     ]
 
