@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 
 from ._errors import LedgerError
+from ._handles import write_all
 from ._ledger import AttemptLedger
 from ._pgschema import id_bytes, id_text, ledger_key, ledger_name
 from ._reader import iter_decoded, open_ledger
@@ -81,12 +82,12 @@ def copy_from_postgres(
         target = AttemptLedger(root, run_id, node_id)
         target._lock.acquire()  # creates the run directory too
         try:
-            if target.path.exists() and target.path.stat().st_size:
+            fd = target._ledger_fd()  # a regular file, never through a symlink
+            if os.fstat(fd).st_size:
                 raise LedgerError(target.path, "the file ledger is not empty")
             query = "SELECT line FROM attempt_ledger_receipts WHERE key = %s ORDER BY seq"
-            with open(target.path, "ab") as out:
-                for (line,) in conn.execute(query, (key,)):
-                    out.write(bytes(line) + b"\n")
+            for (line,) in conn.execute(query, (key,)):
+                write_all(fd, bytes(line) + b"\n")
         finally:
             target._lock.release()
             target.close()

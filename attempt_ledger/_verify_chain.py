@@ -40,15 +40,13 @@ memory stays bounded by the longest line (the problem list is capped by ``max_pr
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 
 import attrs
 
 from ._chain import DAMAGED, DUPLICATE, HASHED, SKIPPED, FastJudge, check_hash, judge_line
 from ._errors import LedgerIOError
-from ._reader import iter_lines
+from ._reader import iter_lines, open_ledger
 from ._records import RECEIPT_SCHEMA_VERSION, RECEIPT_SCHEMA_VERSION_V2
 
 
@@ -247,7 +245,7 @@ def verify_receipt_ledger(
     if type(max_problems) is not int or max_problems < 0:
         raise ValueError(f"max_problems must be an int >= 0, not {max_problems!r}")
     chain = _Chain(chain_from, expected_root_hash, max_problems)
-    fd = _open_regular(path)
+    fd = open_ledger(path)
     if fd is None:
         chain.add(ChainProblem(None, "missing", "no such file"))
         result = chain.finish(0, 0)
@@ -286,23 +284,3 @@ def verify_receipt_ledger(
     finally:
         os.close(fd)
     return chain.finish(number, max(0, size - end))
-
-
-def _open_regular(path: str | os.PathLike[str]) -> int | None:
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise LedgerIOError.wrap(path, "open the ledger", error) from error
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as error:
-        os.close(fd)
-        raise LedgerIOError.wrap(path, "stat the ledger", error) from error
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise LedgerIOError(path, "cannot read the ledger: not a regular file", errno.EINVAL)
-    return fd

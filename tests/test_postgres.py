@@ -17,7 +17,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from attempt_ledger import AttemptLedger, InvalidEvent, LedgerError, ReceiptEvent, SeqConflict
+from attempt_ledger import (
+    AttemptLedger,
+    InvalidEvent,
+    LedgerError,
+    LedgerIOError,
+    ReceiptEvent,
+    SeqConflict,
+)
 from attempt_ledger._codec import encode_batch
 
 from .strategies import attempts, ids, payloads
@@ -28,6 +35,7 @@ from attempt_ledger.postgres import (  # noqa: E402
     LedgerConnectionError,
     LedgerDatabaseError,
     PostgresLedger,
+    copy_from_postgres,
     copy_to_postgres,
     ledger_ids,
     migrate,
@@ -452,6 +460,21 @@ def test_copying_a_ledger_that_does_not_exist_says_so(
     assert not (tmp_path / "in").exists()
     with PostgresLedger(dsn, run_id, "n") as ledger:
         assert ledger.last_seq() == 0
+
+
+def test_copying_out_never_follows_a_symlink_at_the_ledger_path(
+    dsn: str, run_id: str, tmp_path: Path
+) -> None:
+    with PostgresLedger(dsn, run_id, "n") as ledger:
+        ledger.append(1, "s", EV)
+    target = AttemptLedger(tmp_path / "out", run_id, "n")
+    target.path.parent.mkdir(parents=True)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_bytes(b"")
+    target.path.symlink_to(outside)
+    with pytest.raises(LedgerIOError, match="symbolic link"):
+        copy_from_postgres(dsn, run_id, "n", tmp_path / "out")
+    assert outside.read_bytes() == b""
 
 
 # Version 1 of the schema, as attempt_ledger 0.1.0's migrate() created it.
