@@ -10,6 +10,7 @@ from attempt_ledger import (
     InvalidEvent,
     LedgerError,
     LedgerIOError,
+    LockReentered,
     LockTimeout,
     SeqConflict,
     SeqExhausted,
@@ -24,6 +25,7 @@ ERRORS = [
     (LockTimeout(P.with_name("node.jsonl.lock"), 1.5), TimeoutError),
     (SeqExhausted(P, 2**64 - 1, 2), OverflowError),
     (SeqConflict(P, 3, 5), Exception),
+    (LockReentered(P.with_name("node.jsonl.lock")), RuntimeError),
     (LedgerIOError(P, "cannot open the ledger: No space left on device", errno.ENOSPC), OSError),
 ]
 
