@@ -17,6 +17,7 @@ line to :func:`judge_line`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -81,7 +82,12 @@ def chain_head(head: bytes) -> bytes:
 
 
 def render_chained(
-    batch: EncodedBatch, first_seq: int, ts_ms: int, prev_hash: str | None
+    batch: EncodedBatch,
+    first_seq: int,
+    ts_ms: int,
+    prev_hash: str | None,
+    *,
+    checked: bool = False,
 ) -> tuple[bytes, str]:
     """Join ``batch``'s lines as schema 2, numbered from ``first_seq``, each chained to the last.
 
@@ -91,6 +97,8 @@ def render_chained(
 
     :param prev_hash: the ``record_hash`` the first line chains from, or ``None`` to start a
         chain (``"prev_hash":null``).
+    :param checked: ``prev_hash`` is known to be 64 lowercase hex digits (it was read by
+        :func:`record_hash_of` or made here), so it is not checked again under the lock.
     :returns: the bytes to write and the ``record_hash`` of the last line.
     :raises ValueError: if ``prev_hash`` is not ``None`` or 64 lowercase hex digits, or the
         batch is empty (an empty append writes nothing, and has no last hash).
@@ -98,14 +106,26 @@ def render_chained(
     tails = batch.tails
     if not tails:
         raise ValueError("an empty batch has no lines to chain")
-    prev = b"null" if prev_hash is None else b'"%s"' % check_hash(prev_hash).encode()
-    head = chain_head(batch.head)
-    ts = b',"ts_ms":%d,"event_type":' % ts_ms
+    if prev_hash is not None and not checked:
+        check_hash(prev_hash)
+    prev = b"null" if prev_hash is None else b'"%s"' % prev_hash.encode()
+    head = _chain_head(batch.head)
     sha256 = hashlib.sha256
     # Each line: the tail without its closing "}\n", the prev_hash member (the hashed bytes
     # end there, plus "}"), then the record_hash member.
     if len(tails) == 1:  # the common case, without the loop's bookkeeping
-        return _seal(b'%s%d%s%s,"prev_hash":%s' % (head, first_seq, ts, tails[0][:-2], prev))
+        start = b'%s%d,"ts_ms":%d,"event_type":%s,"prev_hash":%s' % (
+            head,
+            first_seq,
+            ts_ms,
+            tails[0][:-2],
+            prev,
+        )
+        digest = sha256(start)
+        digest.update(b"}")
+        hex_text = digest.hexdigest()
+        return b'%s,"record_hash":"%s"}\n' % (start, hex_text.encode()), hex_text
+    ts = b',"ts_ms":%d,"event_type":' % ts_ms
     out: list[bytes] = []
     hex_digest = b""
     for seq, tail in enumerate(tails, first_seq):
@@ -114,6 +134,10 @@ def render_chained(
         out += (start, b',"record_hash":"', hex_digest, b'"}\n')
         prev = b'"%s"' % hex_digest
     return b"".join(out), hex_digest.decode()
+
+
+# Workers repeat their ids: the schema-2 head of the last few is kept.
+_chain_head = functools.lru_cache(maxsize=64)(chain_head)
 
 
 def encode_chained_record(record: ReceiptRecord, prev_hash: str | None) -> tuple[bytes, str]:

@@ -214,7 +214,7 @@ class AttemptLedger:
             raise SeqExhausted(self.path, last_seq, count)
         ts_ms = time.time_ns() // 1_000_000
         if self.hash_chain or last_hash is not None:  # a chain is never broken
-            data, last_hash = render_chained(batch, last_seq + 1, ts_ms, last_hash)
+            data, last_hash = render_chained(batch, last_seq + 1, ts_ms, last_hash, checked=True)
         else:
             data = batch.render(last_seq + 1, ts_ms)
         if seal:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import report, scenarios
 
-ALL = ["ledger", "functions", "floor", "bare", "seed", "filelock", "sqlite"]
+ALL = ["ledger", "ledger_v2", "functions", "floor", "bare", "seed", "filelock", "sqlite"]
 
 
 def main(argv: list[str] | None = None) -> int:

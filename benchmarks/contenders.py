@@ -85,10 +85,13 @@ def _file_seqs(path: Path) -> list[int]:
 
 class LedgerObject(Contender):
     name = "attempt_ledger (AttemptLedger)"
+    hash_chain: ClassVar[bool] = False
 
     def __init__(self, root: Path, *, durable: bool = False, node: str = NODE) -> None:
         super().__init__(root, durable=durable)
-        self.ledger: Ledger = AttemptLedger(root, RUN, node, durable=durable)
+        self.ledger: Ledger = AttemptLedger(
+            root, RUN, node, durable=durable, hash_chain=self.hash_chain
+        )
 
     def append(self, events: list[ReceiptEvent]) -> int:
         return self.ledger.append(1, "bench", events).seq
@@ -101,6 +104,11 @@ class LedgerObject(Contender):
 
     def close(self) -> None:
         self.ledger.close()
+
+
+class ChainedLedgerObject(LedgerObject):
+    name = "attempt_ledger, hash_chain=True (schema 2)"
+    hash_chain = True
 
 
 class Postgres(LedgerObject):
@@ -320,6 +328,7 @@ class SQLiteWAL(Contender):
 
 CONTENDERS: dict[str, type[Contender]] = {
     "ledger": LedgerObject,
+    "ledger_v2": ChainedLedgerObject,
     "functions": LedgerFunctions,
     "floor": Floor,
     "bare": BareFloor,
