@@ -105,7 +105,7 @@ def test_connection_killed_mid_transaction_commits_nothing(
     real_execute = conn.execute
 
     def execute(sql: Any, *args: Any, **kwargs: Any) -> Any:
-        if "attempt_ledger_append" in str(sql):  # the append statement is about to be sent
+        if "INSERT INTO attempt_ledger_receipts" in str(sql):  # the append is about to be sent
             _terminate(dsn, conn.info.backend_pid)
         return real_execute(sql, *args, **kwargs)
 
@@ -522,7 +522,7 @@ def test_migrate_upgrades_a_version_1_database_in_place(fresh_dsn: str) -> None:
         old_lines = conn.execute(_ALL_LINES).fetchall()
     with pytest.raises(LedgerDatabaseError, match="run migrate"):
         PostgresLedger(fresh_dsn, "run/1", "node:a").last_seq()  # the v1 tables: no key column
-    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 2
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
     for run_id, node_id, count in ledgers:
