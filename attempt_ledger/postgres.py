@@ -135,7 +135,7 @@ class PostgresLedger(Connections):
         try:
             with self._use() as conn:
                 committing = True
-                row = conn.execute(APPEND, params).fetchone()
+                row = self._cursor(conn).execute(APPEND, params).fetchone()
                 if row is None:
                     row, last_seq = self._locked_append(conn, params)
         except psycopg.Error as error:
@@ -165,7 +165,7 @@ class PostgresLedger(Connections):
             last_seq = int(locked[0])
             if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
                 return None, last_seq
-            return conn.execute(APPEND, params).fetchone(), last_seq
+            return self._cursor(conn).execute(APPEND, params).fetchone(), last_seq
 
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.
@@ -211,7 +211,7 @@ class PostgresLedger(Connections):
     def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> list[Any]:
         try:
             with self._use() as conn:
-                return conn.execute(sql, (self._key, *extra)).fetchall()
+                return self._cursor(conn).execute(sql, (self._key, *extra)).fetchall()
         except psycopg.Error as error:
             raise self._failure(error, False, "") from error
 

@@ -102,14 +102,14 @@ def test_connection_killed_mid_transaction_commits_nothing(
     ledger = PostgresLedger(dsn, run_id, "n")
     ledger.append(1, "s", EV)
     conn = ledger._connection()
-    real_execute = conn.execute
+    real_execute = psycopg.Cursor.execute
 
-    def execute(sql: Any, *args: Any, **kwargs: Any) -> Any:
+    def execute(cursor: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
         if "INSERT INTO attempt_ledger_receipts" in str(sql):  # the append is about to be sent
             _terminate(dsn, conn.info.backend_pid)
-        return real_execute(sql, *args, **kwargs)
+        return real_execute(cursor, sql, *args, **kwargs)
 
-    monkeypatch.setattr(conn, "execute", execute)
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     with pytest.raises(LedgerConnectionError) as info:
         ledger.append(1, "s", EV * 3)
     # The client cannot tell whether the server got as far as committing; it says so.
