@@ -63,29 +63,41 @@ _UPGRADE_FROM_2 = [
     "bytea, bytea, bytea, numeric, bytea, bytea, bytea[], text)",
 ]
 
-#: An append in one statement, so one round trip and no server function: move the ledger's
-#: head row by the batch size (the UPDATE waits for the row's lock, then re-checks its
-#: conditions on the latest version, so seqs are exact), insert the lines built from the
-#: client's pieces (the tails joined by newlines, which no encoded line contains; the
-#: 'escape' encoding keeps every other byte as it is), and notify the key in hex if anyone
-#: listens to this ledger. No row comes back if the head row does not exist yet, or the
-#: expected last seq or the seq range refuses the batch: see APPEND's callers.
-#: Parameters: key, expected last seq (or NULL), head, middle, joined tails, line count.
-APPEND = f"""WITH p AS (
-    SELECT %s::bytea AS k, %s::numeric AS expected, %s::bytea AS head, %s::bytea AS middle,
-        %s::bytea AS tails, %s::integer AS count),
-h AS (
-    UPDATE attempt_ledger_heads h SET last_seq = h.last_seq + p.count FROM p
-    WHERE h.key = p.k AND (p.expected IS NULL OR h.last_seq = p.expected)
-        AND h.last_seq <= 18446744073709551615 - p.count
-    RETURNING h.last_seq - p.count AS last, cardinality(h.listeners) AS listening),
+# An append in one statement, so one round trip and no server function: move the ledger's
+# head row by the batch size (the UPDATE waits for the row's lock, then re-checks its
+# conditions on the latest version, so seqs are exact), insert the lines built from the
+# client's pieces, and notify the key in hex if anyone listens to this ledger. No row comes
+# back if the head row does not exist yet, or the expected last seq or the seq range refuses
+# the batch: see its callers.
+_APPEND = """WITH h AS (
+    UPDATE attempt_ledger_heads h SET last_seq = h.last_seq + {count}
+    WHERE h.key = %(key)s AND (%(expected)s::numeric IS NULL OR h.last_seq = %(expected)s)
+        AND h.last_seq <= 18446744073709551615 - {count}
+    RETURNING h.last_seq - {count} AS last, cardinality(h.listeners) AS listening),
 lines AS (
     INSERT INTO attempt_ledger_receipts (key, seq, line)
-    SELECT p.k, h.last + t.i,
-        p.head || convert_to((h.last + t.i)::text, 'UTF8') || p.middle || decode(t.tail, 'escape')
-    FROM p, h, string_to_table(encode(p.tails, 'escape'), E'\\n') WITH ORDINALITY AS t(tail, i))
-SELECT h.last, CASE WHEN h.listening > 0 THEN pg_notify('{CHANNEL}', encode(p.k, 'hex')) END
-FROM p, h"""
+    SELECT %(key)s, h.last + t.i, %(head)s || convert_to((h.last + t.i)::text, 'UTF8') || t.rest
+    FROM h, {lines} AS t)
+SELECT h.last, CASE WHEN h.listening > 0 THEN pg_notify('{channel}', encode(%(key)s, 'hex')) END
+FROM h"""
+
+#: The append of one line (most are): parameters key, expected (the expected last seq, or
+#: None), head, rest (what follows the seq).
+APPEND_ONE = _APPEND.format(
+    count="1", lines="(SELECT %(rest)s::bytea AS rest, 1 AS i)", channel=CHANNEL
+)
+
+#: The append of several lines: parameters key, expected, head, count, middle (what follows
+#: the seq up to the tail), tails (joined by newlines, which no encoded line contains; the
+#: 'escape' encoding splits them keeping every other byte as it is). Splitting costs a line
+#: of one as much as an UPDATE: hence APPEND_ONE.
+APPEND = _APPEND.format(
+    count="%(count)s::integer",
+    lines="""(SELECT %(middle)s::bytea || decode(s.tail, 'escape') AS rest, s.i
+        FROM string_to_table(encode(%(tails)s::bytea, 'escape'), E'\\n') WITH ORDINALITY
+        AS s(tail, i))""",
+    channel=CHANNEL,
+)
 
 #: Create a ledger's head row if it has none: key, run_id, node_id.
 CREATE_HEAD = """INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key)

@@ -30,6 +30,7 @@ from ._errors import SeqConflict, SeqExhausted
 from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
 from ._pgschema import (
     APPEND,
+    APPEND_ONE,
     CHANNEL,
     CREATE_HEAD,
     LISTENING,
@@ -126,18 +127,22 @@ class PostgresLedger(Connections):
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
         count = len(batch.tails)
+        # The server numbers the lines: it gets the pieces around the seq (the tails without
+        # their newline) and splices it in.
         middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
-        # The server numbers the lines; they go as one value, joined by newlines (and stored
-        # without one): cheaper to send than an array.
-        tails = b"".join(batch.tails)[:-1]
-        params = (self._key, expected_last_seq, batch.head, middle, tails, count)
+        params = {"key": self._key, "expected": expected_last_seq, "head": batch.head}
+        if count == 1:
+            sql, params["rest"] = APPEND_ONE, middle + batch.tails[0][:-1]
+        else:  # one value, cheaper to send than an array
+            sql, params["count"], params["middle"] = APPEND, count, middle
+            params["tails"] = b"".join(batch.tails)[:-1]
         committing = False
         try:
             with self._use() as conn:
                 committing = True
-                row = self._cursor(conn).execute(APPEND, params).fetchone()
+                row = self._cursor(conn).execute(sql, params).fetchone()
                 if row is None:
-                    row, last_seq = self._locked_append(conn, params)
+                    row, last_seq = self._locked_append(conn, sql, params, count)
         except psycopg.Error as error:
             raise self._failure(error, committing, "the batch ") from error
         if row is None:
@@ -147,15 +152,16 @@ class PostgresLedger(Connections):
         return AppendSummary(self.path, int(row[0]) + count, count)
 
     def _locked_append(
-        self, conn: psycopg.Connection[Any], params: tuple[Any, ...]
+        self, conn: psycopg.Connection[Any], sql: str, params: dict[str, Any], count: int
     ) -> tuple[Any, int]:
-        """The append for when APPEND moved nothing: the ledger has no head row yet, or the
-        batch is refused. Under the head row's lock (created if need be), either the batch is
-        refused, with the last seq that refuses it, or APPEND goes through.
+        """The append for when the append statement ``sql`` moved nothing: the ledger has no
+        head row yet, or the batch is refused. Under the head row's lock (created if need be),
+        either the batch is refused, with the last seq that refuses it, or ``sql`` goes
+        through.
 
-        :returns: APPEND's row (``None`` if the batch is refused) and the last seq.
+        :returns: the statement's row (``None`` if the batch is refused) and the last seq.
         """
-        expected, count = params[1], params[-1]
+        expected = params["expected"]
         with conn.transaction():
             conn.execute(CREATE_HEAD, self._ids)
             locked = conn.execute(
@@ -165,7 +171,7 @@ class PostgresLedger(Connections):
             last_seq = int(locked[0])
             if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
                 return None, last_seq
-            return self._cursor(conn).execute(APPEND, params).fetchone(), last_seq
+            return self._cursor(conn).execute(sql, params).fetchone(), last_seq
 
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.
