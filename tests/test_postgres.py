@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from attempt_ledger import AttemptLedger, InvalidEvent, LedgerError, ReceiptEvent, SeqConflict
-from attempt_ledger._codec import encode_batch
+from attempt_ledger._codec import decode_record, encode_batch
+from attempt_ledger._pgschema import id_bytes, ledger_key
 
-from .strategies import attempts, ids, payloads
+from .strategies import attempts, batches, ids, payloads
 
 psycopg = pytest.importorskip("psycopg")
 from attempt_ledger.postgres import (  # noqa: E402
@@ -103,9 +104,12 @@ def test_connection_killed_mid_transaction_commits_nothing(
     ledger.append(1, "s", EV)
     conn = ledger._connection()
     real_execute = psycopg.Cursor.execute
+    armed = True
 
     def execute(cursor: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
-        if "INSERT INTO attempt_ledger_receipts" in str(sql):  # the append is about to be sent
+        nonlocal armed
+        if armed:  # the append's first statement is about to be sent
+            armed = False
             _terminate(dsn, conn.info.backend_pid)
         return real_execute(cursor, sql, *args, **kwargs)
 
@@ -544,3 +548,214 @@ def test_a_database_without_the_schema_or_with_a_newer_one(fresh_dsn: str) -> No
         conn.execute("UPDATE attempt_ledger_schema SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(LedgerError, match="knows up to"):
         migrate(fresh_dsn)
+
+
+# Version 2 of the schema, as the previous release's migrate() created it.
+_V2_SCHEMA = [
+    "CREATE TABLE attempt_ledger_schema (version integer NOT NULL)",
+    "INSERT INTO attempt_ledger_schema VALUES (2)",
+    """CREATE TABLE attempt_ledger_heads (
+        run_id bytea NOT NULL, node_id bytea NOT NULL, last_seq numeric(20, 0) NOT NULL,
+        key bytea PRIMARY KEY)""",
+    """CREATE TABLE attempt_ledger_receipts (
+        seq numeric(20, 0) NOT NULL, line bytea NOT NULL, key bytea NOT NULL,
+        PRIMARY KEY (key, seq))""",
+    """CREATE FUNCTION attempt_ledger_append(
+        k bytea, r bytea, n bytea, expected numeric, head bytea, middle bytea, tails bytea[],
+        channel text, OUT ok boolean, OUT last numeric) LANGUAGE plpgsql AS $$
+    DECLARE count integer := cardinality(tails);
+    BEGIN
+        INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key) VALUES (r, n, 0, k)
+            ON CONFLICT DO NOTHING;
+        SELECT h.last_seq INTO last FROM attempt_ledger_heads h WHERE h.key = k FOR UPDATE;
+        IF (expected IS NOT NULL AND expected <> last) OR last + count > 18446744073709551615
+        THEN
+            ok := false;
+            RETURN;
+        END IF;
+        INSERT INTO attempt_ledger_receipts (key, seq, line)
+            SELECT k, last + i, head || convert_to((last + i)::text, 'UTF8') || middle || tail
+            FROM unnest(tails) WITH ORDINALITY AS t(tail, i);
+        UPDATE attempt_ledger_heads h SET last_seq = last + count WHERE h.key = k;
+        PERFORM pg_notify(channel, encode(k, 'hex'));
+        ok := true;
+    END $$""",
+]
+
+
+def test_migrate_upgrades_a_version_2_database_in_place(fresh_dsn: str) -> None:
+    ledgers = [("run/1", "node:a", 3), ("a\x00", "bc", 2), ("é" * 2000, "n", 1)]
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for statement in _V2_SCHEMA:
+            conn.execute(statement)
+        for run_id, node_id, count in ledgers:
+            batch = encode_batch(Path(), run_id, node_id, 7, "s", [ReceiptEvent("e", {"k": 1})])
+            for _ in range(count):
+                conn.execute(
+                    "SELECT * FROM attempt_ledger_append(%s, %s, %s, NULL, %s, %s, %s, 'x')",
+                    (
+                        ledger_key(run_id, node_id),
+                        id_bytes(run_id),
+                        id_bytes(node_id),
+                        batch.head,
+                        b',"ts_ms":5,"event_type":',
+                        [tail[:-1] for tail in batch.tails],
+                    ),
+                )
+        old_lines = conn.execute(_ALL_LINES).fetchall()
+    with pytest.raises(LedgerDatabaseError, match="run migrate"):
+        PostgresLedger(fresh_dsn, "run/1", "node:a").append(1, "s", EV)  # no listeners column
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
+        functions = conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'attempt%'")
+        assert functions.fetchone() == (0,)  # the version-2 append function is gone
+    for run_id, node_id, count in ledgers:
+        with PostgresLedger(fresh_dsn, run_id, node_id) as ledger:
+            assert ledger.last_seq() == count
+            assert ledger.append(1, "s", EV * 2).seq == count + 2
+            assert [r.seq for r in ledger.records()] == list(range(1, count + 3))
+    assert ledger_ids(fresh_dsn) == sorted((r, n) for r, n, _ in ledgers)
+
+
+def _notified_keys(listener: Any, dsn: str) -> list[str]:
+    """The payloads ``listener`` got on the ledger channel up to now: a marker notification,
+    sent after, comes after every notification of a transaction committed before it."""
+    marker = uuid.uuid4().hex
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_notify('attempt_ledger', %s)", (marker,))
+    got = []
+    for note in listener.notifies(timeout=30):
+        if note.payload == marker:
+            return got
+        got.append(note.payload)
+    raise AssertionError("the marker notification never came")
+
+
+def test_an_append_notifies_only_while_someone_waits_for_that_ledger(dsn: str, run_id: str) -> None:
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute("LISTEN attempt_ledger")
+    writer, waiter = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+    other = PostgresLedger(dsn, run_id, "other")
+    key = ledger_key(run_id, "n").hex()
+    writer.append(1, "s", EV)
+    writer.append(1, "s", EV * 3)  # both statements: one line, several
+    assert key not in _notified_keys(listener, dsn)  # nobody waits: no NOTIFY
+    with waiter._listening():
+        writer.append(1, "s", EV)
+        writer.append(1, "s", EV * 2)
+        other.append(1, "s", EV)  # a ledger nobody waits for
+        assert _notified_keys(listener, dsn) == [key, key]
+    writer.append(1, "s", EV)
+    assert key not in _notified_keys(listener, dsn)  # the waiter is gone
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT listeners FROM attempt_ledger_heads WHERE key = %s", (ledger_key(run_id, "n"),)
+        )
+        assert rows.fetchall() == [([],)]
+    for ledger in (writer, waiter, other, listener):
+        ledger.close()
+
+
+def test_registrations_of_dead_listeners_are_dropped(dsn: str, run_id: str) -> None:
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute("LISTEN attempt_ledger")
+    waiter, writer = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+    key = ledger_key(run_id, "n")
+    with waiter._listening():  # a waiter killed while waiting: its registration stays behind
+        with psycopg.connect(dsn) as conn:
+            query = "SELECT listeners[1] FROM attempt_ledger_heads WHERE key = %s"
+            (pid,) = conn.execute(query, (key,)).fetchone()
+        _terminate(dsn, pid)
+    writer.append(1, "s", EV)
+    assert _notified_keys(listener, dsn) == [key.hex()]  # harmless: a NOTIFY too many
+    with waiter._listening():  # the next registration drops the dead one
+        with psycopg.connect(dsn) as conn:
+            (listeners,) = conn.execute(
+                "SELECT listeners FROM attempt_ledger_heads WHERE key = %s", (key,)
+            ).fetchone()
+        assert len(listeners) == 1
+        assert pid not in listeners
+    writer.append(1, "s", EV)
+    assert _notified_keys(listener, dsn) == []
+    for ledger in (writer, waiter, listener):
+        ledger.close()
+
+
+@pytest.mark.parametrize("method", ["reconcile", "follow"])
+def test_a_wait_is_woken_by_the_commit_not_its_poll(dsn: str, method: str) -> None:
+    # The poll interval is a minute: only a notification (or the first read, if the append
+    # came first) can end these waits within the join's timeout, whichever of the waiter's
+    # registration and the append comes first.
+    for _ in range(10):
+        run_id = uuid.uuid4().hex
+        waiter, writer = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+        found: list[object] = []
+
+        def wait(waiter: PostgresLedger = waiter, found: list[object] = found) -> None:
+            if method == "reconcile":
+                found.append(waiter.reconcile(1, 60_000, 60_000).found)
+            else:
+                follow = waiter.follow(poll_interval=60, timeout=60)
+                found.append(next(follow).seq)
+                follow.close()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        writer.append(1, "s", EV)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the wait missed the commit's notification"
+        assert found in ([True], [1])
+        waiter.close()
+        writer.close()
+
+
+@given(batch=batches, attempt=attempts, session=ids, new=st.booleans())
+@example(
+    batch=[ReceiptEvent("e", {"\\000": "\\\\\n\x00é\u2028\\x0a"}), ReceiptEvent("\\")],
+    attempt=0,
+    session="\\",
+    new=False,
+)
+@settings(max_examples=30, deadline=None)
+def test_lines_are_stored_as_the_file_ledger_encodes_them(
+    pg_dsn: str, batch: list[ReceiptEvent], attempt: int, session: str, new: bool
+) -> None:
+    # Both append statements (one line, several) and the first append of a ledger.
+    run_id, node_id = uuid.uuid4().hex, "n\x00\\"
+    with PostgresLedger(pg_dsn, run_id, node_id) as ledger:
+        if not new:
+            ledger.append(1, "s", EV)
+        first = ledger.last_seq() + 1
+        ledger.append(attempt, session, batch)
+        rows = ledger._query(
+            "SELECT line FROM attempt_ledger_receipts WHERE key = %s AND seq >= %s ORDER BY seq",
+            (first,),
+        )
+    ts_ms = decode_record(bytes(rows[0][0])).ts_ms
+    encoded = encode_batch(ledger.path, run_id, node_id, attempt, session, batch)
+    assert b"".join(bytes(line) + b"\n" for (line,) in rows) == encoded.render(first, ts_ms)
+
+
+def test_a_read_only_role_waits_by_polling(dsn: str, run_id: str) -> None:
+    role = f"reader_{uuid.uuid4().hex}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT SELECT ON attempt_ledger_heads, attempt_ledger_receipts TO {role}")
+    reader = PostgresLedger(psycopg.conninfo.make_conninfo(dsn, user=role), run_id, "n")
+    found: list[bool] = []
+    try:
+        with pytest.raises(LedgerDatabaseError, match="permission denied"):
+            reader.append(1, "s", EV)
+        thread = threading.Thread(target=lambda: found.append(reader.reconcile(1, 60_000).found))
+        thread.start()
+        with PostgresLedger(dsn, run_id, "n") as writer:
+            writer.append(1, "s", EV)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert found == [True]
+    finally:
+        reader.close()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
