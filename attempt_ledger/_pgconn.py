@@ -46,6 +46,28 @@ def _rolled_back(error: psycopg.OperationalError) -> bool:
 _IN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
+class _Operation:
+    """Gives ``conn`` for one operation, inside ``transaction`` if there is one (cheaper than
+    a generator: it is on every append's path)."""
+
+    __slots__ = ("conn", "transaction")
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        transaction: contextlib.AbstractContextManager[Any] | None,
+    ) -> None:
+        self.conn, self.transaction = conn, transaction
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        if self.transaction is not None:
+            self.transaction.__enter__()
+        return self.conn
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        return None if self.transaction is None else self.transaction.__exit__(*exc_info)
+
+
 class Connections:
     """The connection handling of :class:`~attempt_ledger.postgres.PostgresLedger` (see its
     ``conninfo``); ``path`` names the ledger in errors.
@@ -71,30 +93,33 @@ class Connections:
         self._local = threading.local()
         self._pid = os.getpid()
 
-    @contextlib.contextmanager
-    def _use(self) -> Iterator[psycopg.Connection[Any]]:
+    def _use(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        """The connection for one operation, which is committed when the block ends."""
         if self._pool is not None:
-            with self._pool.connection() as conn, self._own_transaction(conn):
-                yield conn
-        else:
-            conn = self._connection()
-            with self._own_transaction(conn):
-                yield conn
+            return self._borrowed()
+        conn = self._connection()
+        return _Operation(conn, self._own_transaction(conn))
+
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[psycopg.Connection[Any]]:
+        assert self._pool is not None
+        with self._pool.connection() as conn, _Operation(conn, self._own_transaction(conn)):
+            yield conn
 
     def _own_transaction(
         self, conn: psycopg.Connection[Any]
-    ) -> contextlib.AbstractContextManager[Any]:
+    ) -> contextlib.AbstractContextManager[Any] | None:
         # An operation must be committed when it returns: on an autocommit connection it is;
         # on another one it gets a transaction block of its own.
         # (ACTIVE: another thread's statement; psycopg's lock makes ours wait for it.)
         status = conn.pgconn.transaction_status  # conn.info makes an object per call
         if status not in _IN_TRANSACTION:
-            return contextlib.nullcontext() if conn.autocommit else conn.transaction()
+            return None if conn.autocommit else conn.transaction()
         raise LedgerDatabaseError(
             self.path,
             f"the connection is in a transaction ({psycopg.pq.TransactionStatus(status).name}):"
-            " the ledger commits each"
-            " operation itself; give it an autocommit connection or one with no transaction open",
+            " the ledger commits each operation itself; give it an autocommit connection or one"
+            " with no transaction open",
             False,
         )
 
