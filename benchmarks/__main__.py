@@ -103,10 +103,10 @@ def postgres(results: dict, q: bool, say: Callable[[str], None]) -> None:
     results["postgres_wakeup"] = scenarios.wakeup(50, 5 if q else 100, "postgres")
     say("6. PostgreSQL against a bare INSERT")
     # One process runs briefly, so it runs more, shorter rounds against a drifting machine.
-    pair = ["postgres", "pginsert"]
+    kinds = ["postgres", "pginsert", "pginsert-plain"]
     results["postgres_floor"] = {
-        **scenarios.postgres_floor(pair, [(1, 1)], 40 if q else 1000, 3 if q else 15),
-        **scenarios.postgres_floor(pair, [(8, 8)], 40 if q else 3000, 3 if q else 7),
+        **scenarios.postgres_floor(kinds, [(1, 1)], 40 if q else 1000, 3 if q else 15),
+        **scenarios.postgres_floor(kinds, [(8, 8)], 40 if q else 3000, 3 if q else 7),
     }
     with scenarios.durable_postgres() as durable_dsn:
         if durable_dsn is None:

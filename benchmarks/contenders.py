@@ -156,6 +156,20 @@ class PostgresInsert(Contender):
         self.db.close()
 
 
+class PostgresInsertPlain(PostgresInsert):
+    """The bare INSERT written the plain psycopg way, ``connection.execute`` (a new cursor
+    per statement): what the floor costs without keeping a cursor."""
+
+    name = "bare INSERT, a cursor per statement"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        for event in events:
+            self.seq += 1
+            line = record_line(self.seq, 1, event.event_type, event.payload)
+            self.db.execute("INSERT INTO bench_insert_floor (line) VALUES (%s)", (line,))
+        return self.seq
+
+
 class LedgerFunctions(Contender):
     name = "attempt_ledger (append_receipts)"
 
@@ -366,4 +380,5 @@ CONTENDERS: dict[str, type[Contender]] = {
     "sqlite": SQLiteWAL,
     "postgres": Postgres,
     "pginsert": PostgresInsert,
+    "pginsert-plain": PostgresInsertPlain,
 }
