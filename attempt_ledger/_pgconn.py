@@ -91,6 +91,7 @@ class Connections:
             conninfo if isinstance(conninfo, psycopg.Connection) else None
         )
         self._local = threading.local()
+        self._connecting = threading.Lock()
         self._pid = os.getpid()
 
     def _use(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
@@ -133,12 +134,17 @@ class Connections:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conninfo is not None and (self._conn is None or self._pid != os.getpid()):
-            # A connection inherited over fork belongs to the parent: never touch it here.
-            self._conn, self._pid = None, os.getpid()
-            try:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True)
-            except psycopg.Error as error:
-                raise LedgerConnectionError(self.path, f"cannot connect: {error}", False) from error
+            if self._pid != os.getpid():
+                # A connection inherited over fork belongs to the parent: never touch it here;
+                # nor the lock, which one of the parent's threads may have held at the fork.
+                self._conn, self._pid, self._connecting = None, os.getpid(), threading.Lock()
+            with self._connecting:  # threads starting at once share one new connection
+                if self._conn is None:
+                    try:
+                        self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                    except psycopg.Error as error:
+                        reason = f"cannot connect: {error}"
+                        raise LedgerConnectionError(self.path, reason, False) from error
         assert self._conn is not None
         return self._conn
 

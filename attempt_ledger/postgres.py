@@ -136,13 +136,22 @@ class PostgresLedger(Connections):
         else:  # one value, cheaper to send than an array
             sql, params["count"], params["middle"] = APPEND, count, middle
             params["tails"] = b"".join(batch.tails)[:-1]
-        committing = False
+        committing, last_seq = False, 0
         try:
             with self._use() as conn:
-                committing = True
-                row = self._cursor(conn).execute(sql, params).fetchone()
-                if row is None:
-                    row, last_seq = self._locked_append(conn, sql, params, count)
+                # Single statements only: threads may share this connection, and one's
+                # transaction block would take in the others' statements.
+                cursor = self._cursor(conn)
+                while True:
+                    committing = True
+                    row = cursor.execute(sql, params).fetchone()
+                    if row is not None:
+                        break
+                    committing = False  # the statement wrote nothing
+                    refused_at = self._refusal(cursor, expected_last_seq, count)
+                    if refused_at is not None:
+                        last_seq = refused_at
+                        break
         except psycopg.Error as error:
             raise self._failure(error, committing, "the batch ") from error
         if row is None:
@@ -151,27 +160,21 @@ class PostgresLedger(Connections):
             raise SeqExhausted(self.path, last_seq, count)
         return AppendSummary(self.path, int(row[0]) + count, count)
 
-    def _locked_append(
-        self, conn: psycopg.Connection[Any], sql: str, params: dict[str, Any], count: int
-    ) -> tuple[Any, int]:
-        """The append for when the append statement ``sql`` moved nothing: the ledger has no
-        head row yet, or the batch is refused. Under the head row's lock (created if need be),
-        either the batch is refused, with the last seq that refuses it, or ``sql`` goes
-        through.
-
-        :returns: the statement's row (``None`` if the batch is refused) and the last seq.
+    def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
+        """After the append statement moved nothing: the last seq that refuses the batch, or
+        ``None`` if it is worth another try (the ledger had no head row, now created; or its
+        last seq moved in between to the expected one). Each retry needs another commit by
+        someone else, so the batch is soon appended or refused.
         """
-        expected = params["expected"]
-        with conn.transaction():
-            conn.execute(CREATE_HEAD, self._ids)
-            locked = conn.execute(
-                "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s FOR UPDATE", (self._key,)
-            ).fetchone()
-            assert locked is not None
-            last_seq = int(locked[0])
-            if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
-                return None, last_seq
-            return self._cursor(conn).execute(sql, params).fetchone(), last_seq
+        found = cursor.execute(
+            "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s", (self._key,)
+        ).fetchone()
+        last_seq = 0 if found is None else int(found[0])
+        if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
+            return last_seq
+        if found is None:
+            cursor.execute(CREATE_HEAD, self._ids)
+        return None
 
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.

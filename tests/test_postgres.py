@@ -759,3 +759,58 @@ def test_a_read_only_role_waits_by_polling(dsn: str, run_id: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_threads_sharing_a_ledger_get_their_own_results(dsn: str, run_id: str) -> None:
+    # One connection, a kept cursor per thread: each append gets its own statement's row.
+    ledger = PostgresLedger(dsn, run_id, "n")
+    got: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def appender() -> None:
+        barrier.wait(timeout=30)
+        got.extend(ledger.append(1, "s", EV * 2).seq for _ in range(25))
+
+    threads = [threading.Thread(target=appender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sorted(got) == list(range(2, 201, 2))
+    assert [r.seq for r in ledger.records()] == list(range(1, 201))
+    ledger.close()
+
+
+def _append_with(ledger: PostgresLedger | tuple[str, str], out: Any) -> None:
+    if isinstance(ledger, tuple):
+        ledger = PostgresLedger(*ledger, "n")
+    out.put([ledger.append(1, "s", EV).seq for _ in range(5)])
+    ledger.close()  # a fork child's close leaves the parent's connection alone
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_ledger_used_before_and_after_a_child_appends(dsn: str, run_id: str, method: str) -> None:
+    import multiprocessing
+
+    ledger = PostgresLedger(dsn, run_id, "n")
+    assert ledger.append(1, "s", EV).seq == 1  # its connection and cursor are open
+    ctx = multiprocessing.get_context(method)
+    out = ctx.Queue()
+    # A fork child inherits the object (and must open its own connection); a spawned one
+    # cannot, so it opens the ledger anew.
+    child = ctx.Process(
+        target=_append_with, args=(ledger if method == "fork" else (dsn, run_id), out)
+    )
+    child.start()
+    try:
+        assert out.get(timeout=60) == [2, 3, 4, 5, 6]
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    assert ledger.append(1, "s", EV).seq == 7  # the parent's connection is still its own
+    assert [r.seq for r in ledger.records()] == list(range(1, 8))
+    ledger.close()
