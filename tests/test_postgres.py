@@ -814,3 +814,35 @@ def test_a_ledger_used_before_and_after_a_child_appends(dsn: str, run_id: str, m
     assert ledger.append(1, "s", EV).seq == 7  # the parent's connection is still its own
     assert [r.seq for r in ledger.records()] == list(range(1, 8))
     ledger.close()
+
+
+def test_an_optimistic_append_retries_when_the_seq_it_expects_comes_in_between(
+    dsn: str, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The append statement is refused (last seq 1, expected 2); another writer appends before
+    # the refusal reads the last seq, which is now the expected one: the statement runs again.
+    with PostgresLedger(dsn, run_id, "n") as ledger, PostgresLedger(dsn, run_id, "n") as other:
+        ledger.append(1, "s", EV)
+        real_execute = psycopg.Cursor.execute
+        reads = 0
+
+        def execute(cursor: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            if str(sql).startswith("SELECT last_seq") and cursor.connection is ledger._conn:
+                reads += 1
+                if reads == 1:
+                    assert other.append(1, "other", EV).seq == 2
+            return real_execute(cursor, sql, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        assert ledger.append(1, "s", EV * 2, expected_last_seq=2).seq == 4
+        assert reads == 1
+        with pytest.raises(SeqConflict) as info:
+            ledger.append(1, "s", EV, expected_last_seq=2)
+        assert (info.value.expected, info.value.actual) == (2, 4)
+        assert [(r.seq, r.session_id) for r in ledger.records()] == [
+            (1, "s"),
+            (2, "other"),
+            (3, "s"),
+            (4, "s"),
+        ]
