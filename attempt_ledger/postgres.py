@@ -34,6 +34,7 @@ from ._pgschema import (
     CHANNEL,
     CREATE_HEAD,
     LISTENING,
+    MISSING_SCHEMA,
     NOT_LISTENING,
     SCHEMA_VERSION,
     id_bytes,
@@ -310,6 +311,8 @@ class PostgresLedger(Connections):
         except psycopg.Error as error:
             if listener is not None:
                 listener.close()
+            if error.sqlstate in MISSING_SCHEMA:  # an older schema: say to migrate
+                raise self._failure(error, False, "") from error
             raise LedgerConnectionError(self.path, f"cannot listen: {error}", None) from error
 
         mine = self._key.hex()  # what a commit to this ledger notifies; others are skipped

@@ -603,8 +603,11 @@ def test_migrate_upgrades_a_version_2_database_in_place(fresh_dsn: str) -> None:
                     ),
                 )
         old_lines = conn.execute(_ALL_LINES).fetchall()
-    with pytest.raises(LedgerDatabaseError, match="run migrate"):
-        PostgresLedger(fresh_dsn, "run/1", "node:a").append(1, "s", EV)  # no listeners column
+    with PostgresLedger(fresh_dsn, "run/1", "node:a") as old:  # no listeners column
+        with pytest.raises(LedgerDatabaseError, match="run migrate"):
+            old.append(1, "s", EV)
+        with pytest.raises(LedgerDatabaseError, match="run migrate"):
+            old.reconcile(9, 0)
     assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
