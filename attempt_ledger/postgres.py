@@ -2,11 +2,12 @@
 
 The same receipts, validation and seq rules as :class:`AttemptLedger`, keyed by the raw
 ``run_id``/``node_id`` (no sanitising, so no collisions). Each (run, node) has a head row; an
-append locks that row, bumps it by the batch size and inserts the lines in the same
-transaction, so seqs are exact under any number of clients and no table-wide lock is taken.
-Every line is stored as the exact bytes the file ledger would write (``ts_ms`` aside), and
-commits notify the ``attempt_ledger`` channel so that :meth:`PostgresLedger.reconcile` wakes
-at once instead of at its next poll.
+append is one statement that moves that row by the batch size (under its lock) and inserts
+the lines, so seqs are exact under any number of clients and no table-wide lock is taken.
+Every line is stored as the exact bytes the file ledger would write (``ts_ms`` aside). While
+:meth:`PostgresLedger.reconcile` or :meth:`PostgresLedger.follow` waits on a ledger, its
+commits notify the ``attempt_ledger`` channel, so that the wait ends at once instead of at its
+next poll.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ class PostgresLedger(Connections):
 
     def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
         """After the append statement moved nothing: the last seq that refuses the batch, or
-        ``None`` if it is worth another try (the ledger had no head row, now created; or its
-        last seq moved in between to the expected one). Each retry needs another commit by
-        someone else, so the batch is soon appended or refused.
+        ``None`` if it is worth another try: the ledger had no head row (now created), or its
+        last seq has just reached the expected one (which takes others' commits, and seqs only
+        grow, so the batch is soon appended or refused).
         """
         found = cursor.execute(
             "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s", (self._key,)
