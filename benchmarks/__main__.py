@@ -103,10 +103,11 @@ def postgres(results: dict, q: bool, say: Callable[[str], None]) -> None:
     results["postgres_wakeup"] = scenarios.wakeup(50, 5 if q else 100, "postgres")
     say("6. PostgreSQL against a bare INSERT")
     # One process runs briefly, so it runs more, shorter rounds against a drifting machine.
+    # (--quick: one round of each, to keep the test suite's smoke run short.)
     kinds = ["postgres", "pginsert", "pginsert-plain"]
     results["postgres_floor"] = {
-        **scenarios.postgres_floor(kinds, [(1, 1)], 40 if q else 1000, 3 if q else 15),
-        **scenarios.postgres_floor(kinds, [(8, 8)], 40 if q else 3000, 3 if q else 7),
+        **scenarios.postgres_floor(kinds, [(1, 1)], 40 if q else 1000, 1 if q else 15),
+        **scenarios.postgres_floor(kinds, [(8, 8)], 40 if q else 3000, 1 if q else 7),
     }
     with scenarios.durable_postgres() as durable_dsn:
         if durable_dsn is None:
@@ -116,14 +117,14 @@ def postgres(results: dict, q: bool, say: Callable[[str], None]) -> None:
             ["floor", "ledger", "postgres", "pginsert"],
             1,
             10 if q else 200,
-            3 if q else 5,
+            1 if q else 5,
             durable=True,
         )
         results["postgres_durable"] = scenarios.postgres_floor(
             ["postgres", "pginsert", "ledger"],
             [(8, 8)],
             40 if q else 2000,
-            3 if q else 5,
+            1 if q else 5,
             durable=True,
         )
 
