@@ -89,8 +89,8 @@ APPEND_ONE = _APPEND.format(
 
 #: The append of several lines: parameters key, expected, head, count, middle (what follows
 #: the seq up to the tail), tails (joined by newlines, which no encoded line contains; the
-#: 'escape' encoding splits them keeping every other byte as it is). Splitting costs a line
-#: of one as much as an UPDATE: hence APPEND_ONE.
+#: 'escape' encoding splits them keeping every other byte as it is). Splitting costs a
+#: one-line batch ~3 µs of server time here, a third of the UPDATE's: hence APPEND_ONE.
 APPEND = _APPEND.format(
     count="%(count)s::integer",
     lines="""(SELECT %(middle)s::bytea || decode(s.tail, 'escape') AS rest, s.i
@@ -148,7 +148,8 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
 
     :returns: the schema version now in place.
     :raises TypeError: if ``conninfo`` is neither a string nor a ``psycopg.Connection``.
-    :raises LedgerError: if the database has a newer schema than this library knows.
+    :raises LedgerError: if the database has a newer schema than this library knows, or one
+        that never existed.
     :raises psycopg.Error: if the database refuses.
     """
     if not isinstance(conninfo, (str, psycopg.Connection)):
@@ -171,6 +172,8 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
                 )
             if version != SCHEMA_VERSION:
                 steps = {None: _TABLES, 1: _UPGRADE_FROM_1 + _UPGRADE_FROM_2, 2: _UPGRADE_FROM_2}
+                if version not in steps:
+                    raise LedgerError(Path("postgres:"), f"unknown schema version {version}")
                 for statement in steps[version]:
                     conn.execute(statement)
                 conn.execute("DELETE FROM attempt_ledger_schema")

@@ -548,6 +548,10 @@ def test_a_database_without_the_schema_or_with_a_newer_one(fresh_dsn: str) -> No
         conn.execute("UPDATE attempt_ledger_schema SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(LedgerError, match="knows up to"):
         migrate(fresh_dsn)
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE attempt_ledger_schema SET version = 0")
+    with pytest.raises(LedgerError, match="unknown schema version 0"):
+        migrate(fresh_dsn)
 
 
 # Version 2 of the schema, as the previous release's migrate() created it.
