@@ -2,17 +2,17 @@
 
 The same receipts, validation and seq rules as :class:`AttemptLedger`, keyed by the raw
 ``run_id``/``node_id`` (no sanitising, so no collisions). Each (run, node) has a head row; an
-append locks that row, bumps it by the batch size and inserts the lines in the same
-transaction, so seqs are exact under any number of clients and no table-wide lock is taken.
-Every line is stored as the exact bytes the file ledger would write (``ts_ms`` aside), and
-commits notify the ``attempt_ledger`` channel so that :meth:`PostgresLedger.reconcile` wakes
-at once instead of at its next poll.
+append is one statement that moves that row by the batch size (under its lock) and inserts
+the lines, so seqs are exact under any number of clients and no table-wide lock is taken.
+Every line is stored as the exact bytes the file ledger would write (``ts_ms`` aside). While
+:meth:`PostgresLedger.reconcile` or :meth:`PostgresLedger.follow` waits on a ledger, its
+commits notify the ``attempt_ledger`` channel, so that the wait ends at once instead of at its
+next poll.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,10 +27,16 @@ from ._codec import (
     empty_append,
     encode_batch,
 )
-from ._errors import LedgerError, SeqConflict, SeqExhausted
+from ._errors import SeqConflict, SeqExhausted
+from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
 from ._pgschema import (
+    APPEND,
+    APPEND_ONE,
     CHANNEL,
+    CREATE_HEAD,
+    LISTENING,
     MISSING_SCHEMA,
+    NOT_LISTENING,
     SCHEMA_VERSION,
     id_bytes,
     ledger_key,
@@ -55,33 +61,6 @@ __all__ = [
 ]
 
 
-class LedgerDatabaseError(LedgerError):
-    """The database failed or refused an operation.
-
-    :ivar committed: for an append, ``False`` when the batch is known not to be committed,
-        ``None`` when the connection was lost while committing and nobody can tell.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, committed: bool | None) -> None:
-        self.committed = committed
-        super().__init__(path, reason)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.path, self.reason, self.committed)
-
-
-class LedgerConnectionError(LedgerDatabaseError):
-    """The database connection failed during an operation."""
-
-
-def _rolled_back(error: psycopg.OperationalError) -> bool:
-    """Whether the server reported ``error`` while running the statement, so that it rolled
-    the statement back (a statement or lock timeout). A lost connection, or a backend
-    terminated by an administrator, may have come before or after the commit: unknown."""
-    state = error.sqlstate
-    return state is not None and not state.startswith("08") and state != "57P01"
-
-
 def _check_number(name: str, value: object, *kinds: type) -> None:
     # Caught before any I/O, rather than as a database error halfway through or a wrong answer.
     if isinstance(value, bool) or not isinstance(value, kinds) or value != value:  # NaN
@@ -89,7 +68,7 @@ def _check_number(name: str, value: object, *kinds: type) -> None:
         raise TypeError(f"{name} must be {wanted}, not {value!r}")
 
 
-class PostgresLedger:
+class PostgresLedger(Connections):
     """The receipt ledger of one (run, node) in a PostgreSQL database.
 
     :param conninfo: a connection string (the ledger opens and owns one connection, and
@@ -110,77 +89,13 @@ class PostgresLedger:
         for name, value in (("run_id", run_id), ("node_id", node_id)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be str, not {type(value).__name__}")
-        if not isinstance(conninfo, (str, psycopg.Connection)) and not callable(
-            getattr(conninfo, "connection", None)
-        ):
-            raise TypeError(
-                "conninfo must be a connection string, a psycopg.Connection or a pool with a"
-                f" connection() method, not {type(conninfo).__name__}"
-            )
         self.run_id, self.node_id = run_id, node_id
         # Stored and looked up by a digest of the ids: see _pgschema.
         self._key = ledger_key(run_id, node_id)
-        self._ids = (id_bytes(run_id), id_bytes(node_id))
-        self._conninfo = conninfo if isinstance(conninfo, str) else None
-        self._pool = None if isinstance(conninfo, (str, psycopg.Connection)) else conninfo
-        self._conn: psycopg.Connection[Any] | None = (
-            conninfo if isinstance(conninfo, psycopg.Connection) else None
-        )
-        self._pid = os.getpid()
+        self._ids = {"k": self._key, "r": id_bytes(run_id), "n": id_bytes(node_id)}
         #: Names the ledger in errors: ``postgres:/<run_id>/<node_id>``.
         self.path = ledger_name(run_id, node_id)
-
-    @contextlib.contextmanager
-    def _use(self) -> Iterator[psycopg.Connection[Any]]:
-        if self._pool is not None:
-            with self._pool.connection() as conn, self._own_transaction(conn):
-                yield conn
-        else:
-            conn = self._connection()
-            with self._own_transaction(conn):
-                yield conn
-
-    def _own_transaction(
-        self, conn: psycopg.Connection[Any]
-    ) -> contextlib.AbstractContextManager[Any]:
-        # An operation must be committed when it returns: on an autocommit connection it is;
-        # on another one it gets a transaction block of its own.
-        # (ACTIVE: another thread's statement; psycopg's lock makes ours wait for it.)
-        status = conn.info.transaction_status
-        if status not in (
-            psycopg.pq.TransactionStatus.INTRANS,
-            psycopg.pq.TransactionStatus.INERROR,
-        ):
-            return contextlib.nullcontext() if conn.autocommit else conn.transaction()
-        raise LedgerDatabaseError(
-            self.path,
-            f"the connection is in a transaction ({status.name}): the ledger commits each"
-            " operation itself; give it an autocommit connection or one with no transaction open",
-            False,
-        )
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conninfo is not None and (self._conn is None or self._pid != os.getpid()):
-            # A connection inherited over fork belongs to the parent: never touch it here.
-            self._conn, self._pid = None, os.getpid()
-            try:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True)
-            except psycopg.Error as error:
-                raise LedgerConnectionError(self.path, f"cannot connect: {error}", False) from error
-        assert self._conn is not None
-        return self._conn
-
-    def close(self) -> None:
-        """Close the connection the ledger opened (a borrowed one is left alone)."""
-        if self._conninfo is not None:
-            conn, self._conn = self._conn, None
-            if conn is not None and self._pid == os.getpid():  # a fork child's is the parent's
-                conn.close()
-
-    def __del__(self) -> None:
-        # Like a dropped file ledger's descriptors, a dropped ledger's own connection is closed.
-        if hasattr(self, "_pid"):  # set last in __init__, which may have raised early
-            self.close()
+        super().__init__(conninfo)
 
     def __enter__(self) -> PostgresLedger:
         return self
@@ -214,43 +129,54 @@ class PostgresLedger:
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
         count = len(batch.tails)
-        committing = False
+        # The server numbers the lines: it gets the pieces around the seq (the tails without
+        # their newline) and splices it in.
+        middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
+        params = {"key": self._key, "expected": expected_last_seq, "head": batch.head}
+        if count == 1:
+            sql, params["rest"] = APPEND_ONE, middle + batch.tails[0][:-1]
+        else:  # one value, cheaper to send than an array
+            sql, params["count"], params["middle"] = APPEND, count, middle
+            params["tails"] = b"".join(batch.tails)[:-1]
+        committing, last_seq = False, 0
         try:
             with self._use() as conn:
-                # The batch's pieces go to the server, which numbers the lines under the head
-                # row's lock: one round trip, one transaction.
-                middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
-                tails = [tail[:-1] for tail in batch.tails]  # stored without the newline
-                committing = True
-                row = conn.execute(
-                    "SELECT ok, last FROM attempt_ledger_append(%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (self._key, *self._ids, expected_last_seq, batch.head, middle, tails, CHANNEL),
-                ).fetchone()
+                # Single statements only: threads may share this connection, and one's
+                # transaction block would take in the others' statements.
+                cursor = self._cursor(conn)
+                while True:
+                    committing = True
+                    row = cursor.execute(sql, params).fetchone()
+                    if row is not None:
+                        break
+                    committing = False  # the statement wrote nothing
+                    refused_at = self._refusal(cursor, expected_last_seq, count)
+                    if refused_at is not None:
+                        last_seq = refused_at
+                        break
         except psycopg.Error as error:
             raise self._failure(error, committing, "the batch ") from error
-        assert row is not None
-        ok, last_seq = row[0], int(row[1])
-        if not ok:
+        if row is None:
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise SeqConflict(self.path, expected_last_seq, last_seq)
             raise SeqExhausted(self.path, last_seq, count)
-        return AppendSummary(self.path, last_seq + count, count)
+        return AppendSummary(self.path, int(row[0]) + count, count)
 
-    def _failure(self, error: psycopg.Error, committing: bool, what: str) -> LedgerDatabaseError:
-        """The error to raise for ``error``; ``what`` names the write it interrupted, if any."""
-        if isinstance(error, psycopg.OperationalError):
-            self.close()
-            known = None if committing and not _rolled_back(error) else False
-            state = "may or may not be committed" if known is None else "was not committed"
-            detail = f"; {what}{state}" if what else ""
-            return LedgerConnectionError(self.path, f"{error}{detail}", known)
-        # Refused by the server (the statement rolled back) or before it was sent.
-        reason = str(error).strip()
-        if error.sqlstate in MISSING_SCHEMA:
-            reason += f" (is the schema at version {SCHEMA_VERSION}? run migrate())"
-        if what:
-            reason += f"; {what}was not committed"
-        return LedgerDatabaseError(self.path, reason, False)
+    def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
+        """After the append statement moved nothing: the last seq that refuses the batch, or
+        ``None`` if it is worth another try: the ledger had no head row (now created), or its
+        last seq has just reached the expected one (which takes others' commits, and seqs only
+        grow, so the batch is soon appended or refused).
+        """
+        found = cursor.execute(
+            "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s", (self._key,)
+        ).fetchone()
+        last_seq = 0 if found is None else int(found[0])
+        if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
+            return last_seq
+        if found is None:
+            cursor.execute(CREATE_HEAD, self._ids)
+        return None
 
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.
@@ -296,7 +222,7 @@ class PostgresLedger:
     def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> list[Any]:
         try:
             with self._use() as conn:
-                return conn.execute(sql, (self._key, *extra)).fetchall()
+                return self._cursor(conn).execute(sql, (self._key, *extra)).fetchall()
         except psycopg.Error as error:
             raise self._failure(error, False, "") from error
 
@@ -374,16 +300,20 @@ class PostgresLedger:
 
     @contextlib.contextmanager
     def _listening(self) -> Iterator[Callable[[float], None]]:
-        # LISTEN before the first read, so that no commit after it goes unnoticed.
+        # LISTEN and register before the first read, so that no commit after it goes unnoticed
+        # (appends notify only ledgers with a registered listener: see _pgschema.LISTENING).
+        listener = None
         try:
-            if self._conninfo is not None:
-                conninfo = self._conninfo
-            else:
-                with self._use() as conn:
-                    conninfo = conn.info.dsn  # without the password: see the README
-            listener = psycopg.connect(conninfo, autocommit=True)
+            listener = self._listener()
             listener.execute(f"LISTEN {CHANNEL}")
+            # A read-only role cannot register: no notification, the poll interval paces waits.
+            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                listener.execute(LISTENING, self._ids)
         except psycopg.Error as error:
+            if listener is not None:
+                listener.close()
+            if error.sqlstate in MISSING_SCHEMA:  # an older schema: say to migrate
+                raise self._failure(error, False, "") from error
             raise LedgerConnectionError(self.path, f"cannot listen: {error}", None) from error
 
         mine = self._key.hex()  # what a commit to this ledger notifies; others are skipped
@@ -399,6 +329,8 @@ class PostgresLedger:
         except psycopg.OperationalError as error:
             raise LedgerConnectionError(self.path, str(error), None) from error
         finally:
+            with contextlib.suppress(psycopg.Error):  # if the connection is gone, so is its pid
+                listener.execute(NOT_LISTENING, (self._key,))
             listener.close()
 
 

@@ -111,9 +111,16 @@ class ChainedLedgerObject(LedgerObject):
     hash_chain = True
 
 
+def pg_dsn(durable: bool) -> str:
+    """The server ``$ATTEMPT_LEDGER_PG_DSN`` names (scripts/with-postgres starts one, with
+    ``fsync=off``); when ``durable``, the ``fsync=on``, ``synchronous_commit=on`` one that
+    ``scenarios.durable_postgres`` starts and names in ``$ATTEMPT_LEDGER_PG_DURABLE_DSN``."""
+    return os.environ["ATTEMPT_LEDGER_PG_DURABLE_DSN" if durable else "ATTEMPT_LEDGER_PG_DSN"]
+
+
 class Postgres(LedgerObject):
-    """``PostgresLedger`` on the server ``$ATTEMPT_LEDGER_PG_DSN`` names (scripts/with-postgres
-    starts one); each benchmark directory gets its own run id, so runs never share a ledger."""
+    """``PostgresLedger`` on the server of :func:`pg_dsn`; each benchmark directory gets its
+    own run id, so runs never share a ledger."""
 
     name = "attempt_ledger.postgres (PostgresLedger)"
 
@@ -121,9 +128,54 @@ class Postgres(LedgerObject):
         from attempt_ledger.postgres import PostgresLedger, migrate
 
         Contender.__init__(self, root, durable=durable)
-        dsn = os.environ["ATTEMPT_LEDGER_PG_DSN"]
+        dsn = pg_dsn(durable)
         migrate(dsn)
         self.ledger = PostgresLedger(dsn, f"{RUN}-{root.parent.name}-{root.name}", node)
+
+
+class PostgresInsert(Contender):
+    """The PostgreSQL floor: each record a one-row ``INSERT`` of its ``json.dumps`` line into a
+    plain table (no key, no index), one autocommit transaction per append, on the server of
+    :func:`pg_dsn`; seq kept in memory."""
+
+    name = "bare INSERT (PostgreSQL floor)"
+    exact_across_processes = False
+
+    def __init__(self, root: Path, *, durable: bool = False, node: str = NODE) -> None:
+        import psycopg
+
+        super().__init__(root, durable=durable)
+        self.db = psycopg.connect(pg_dsn(durable), autocommit=True)
+        self.db.execute("CREATE TABLE IF NOT EXISTS bench_insert_floor (line bytea NOT NULL)")
+        self.cursor = self.db.cursor()  # kept: a cursor per statement costs several µs
+        self.seq = 0
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        for event in events:
+            self.seq += 1
+            line = record_line(self.seq, 1, event.event_type, event.payload)
+            self.cursor.execute("INSERT INTO bench_insert_floor (line) VALUES (%s)", (line,))
+        return self.seq
+
+    def last_seq(self) -> int:
+        return self.seq
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresInsertPlain(PostgresInsert):
+    """The bare INSERT written the plain psycopg way, ``connection.execute`` (a new cursor
+    per statement): what the floor costs without keeping a cursor."""
+
+    name = "bare INSERT, a cursor per statement"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        for event in events:
+            self.seq += 1
+            line = record_line(self.seq, 1, event.event_type, event.payload)
+            self.db.execute("INSERT INTO bench_insert_floor (line) VALUES (%s)", (line,))
+        return self.seq
 
 
 class LedgerFunctions(Contender):
@@ -336,4 +388,6 @@ CONTENDERS: dict[str, type[Contender]] = {
     "filelock": FileLockPerAppend,
     "sqlite": SQLiteWAL,
     "postgres": Postgres,
+    "pginsert": PostgresInsert,
+    "pginsert-plain": PostgresInsertPlain,
 }

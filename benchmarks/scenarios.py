@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import random
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -99,8 +101,11 @@ def single_process(
 # -- 2. contention --------------------------------------------------------------------------------
 
 
-def _contend(name: str, root: Path, count: int, start: Any, out: Any, node: str = NODE) -> None:
-    contender = CONTENDERS[name](root, node=node) if node != NODE else CONTENDERS[name](root)
+def _contend(
+    name: str, root: Path, count: int, start: Any, out: Any, node: str = NODE, durable: bool = False
+) -> None:
+    kwargs: dict[str, Any] = {"node": node} if node != NODE else {}
+    contender = CONTENDERS[name](root, durable=durable, **kwargs)
     batch = events(1)
     start.wait(timeout=JOIN)
     began = time.monotonic()
@@ -302,21 +307,25 @@ def wakeup(poll_ms: int, rounds: int, name: str = "ledger") -> dict[str, Any]:
 # -- 6. PostgreSQL ---------------------------------------------------------------------------
 
 
-def many_ledgers(name: str, processes: int, ledgers: int, count: int) -> dict[str, Any]:
+def many_ledgers(
+    name: str, processes: int, ledgers: int, count: int, *, durable: bool = False
+) -> dict[str, Any]:
     """``processes`` processes append ``count`` 1-event batches each, process i to ledger
-    i mod ``ledgers``; every ledger's seqs must come out exact."""
+    i mod ``ledgers``; every ledger's seqs must come out exact (for a correct contender)."""
     ctx = multiprocessing.get_context("fork")
     nodes = [f"{NODE}-{i % ledgers}" for i in range(processes)]
+    kind = CONTENDERS[name]
     with scratch() as root:
+        kind(root, durable=durable).close()  # create the storage (a table) before the race
         start, out = ctx.Barrier(processes), ctx.Queue()
         children = [
-            ctx.Process(target=_contend, args=(name, root, count, start, out, node))
+            ctx.Process(target=_contend, args=(name, root, count, start, out, node, durable))
             for node in nodes
         ]
         results = collect(children, out)
         exact = True
-        for node in sorted(set(nodes)):
-            contender = CONTENDERS[name](root, node=node)  # type: ignore[call-arg]
+        for node in sorted(set(nodes)) if kind.exact_across_processes else ():
+            contender = kind(root, node=node, durable=durable)  # type: ignore[call-arg]
             exact &= contender.seqs() == list(range(1, count * nodes.count(node) + 1))
             contender.close()
     elapsed = max(r[1] for r in results) - min(r[0] for r in results)
@@ -324,4 +333,84 @@ def many_ledgers(name: str, processes: int, ledgers: int, count: int) -> dict[st
         "appends_per_s": processes * count / elapsed,
         **stats([s for r in results for s in r[2]]),
         "exact": exact,
+        "checked": kind.exact_across_processes,
     }
+
+
+def postgres_floor(
+    names: list[str],
+    shapes: list[tuple[int, int]],
+    appends: int,
+    repeats: int,
+    *,
+    durable: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each contender at each (processes, ledgers), ``repeats`` times in shuffled order, as
+    :func:`many_ledgers`; ``ratio`` is the median over repeats of the throughput divided by
+    the bare INSERT's (``pginsert``) in the same repeat, and the run of median throughput is
+    kept."""
+    runs: dict[str, dict[tuple[int, int], list[dict[str, Any]]]] = {
+        name: {shape: [] for shape in shapes} for name in names
+    }
+    for _ in range(repeats):
+        for shape in shapes:
+            for name in random.sample(names, len(names)):
+                procs, ledgers = shape
+                runs[name][shape].append(
+                    many_ledgers(name, procs, ledgers, appends // procs, durable=durable)
+                )
+    out: dict[str, dict[str, Any]] = {}
+    for procs, ledgers in shapes:
+        row = out[f"{procs} processes, {ledgers} ledgers"] = {}
+        floors = runs["pginsert"][procs, ledgers]
+        for name in names:
+            mine = runs[name][procs, ledgers]
+            middle = sorted(mine, key=lambda r: r["appends_per_s"])[len(mine) // 2]
+            ratios = [
+                m["appends_per_s"] / f["appends_per_s"] for m, f in zip(mine, floors, strict=True)
+            ]
+            row[name] = {
+                **middle,
+                "ratio": statistics.median(ratios),
+                "ratios": ratios,
+                "exact": all(r["exact"] for r in mine),
+            }
+    return out
+
+
+@contextmanager
+def durable_postgres() -> Iterator[str | None]:
+    """A second throwaway server with ``fsync=on`` and ``synchronous_commit=on`` (the
+    defaults), its data on the temporary directory's filesystem, named in
+    ``$ATTEMPT_LEDGER_PG_DURABLE_DSN`` while it runs; ``None`` without the server binaries
+    that scripts/with-postgres names in ``$ATTEMPT_LEDGER_PG_BIN``."""
+    bindir = os.environ.get("ATTEMPT_LEDGER_PG_BIN")
+    if not bindir:
+        yield None
+        return
+    with scratch() as data:
+        owner = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            shutil.chown(data, "postgres")
+            owner = ["runuser", "-u", "postgres", "--"]
+
+        def run(*command: object, check: bool = True) -> None:
+            subprocess.run(
+                [*owner, f"{bindir}/{command[0]}", *map(str, command[1:])],
+                check=check,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                timeout=JOIN,
+            )
+
+        cluster = data / "cluster"
+        run("initdb", "-D", cluster, "-A", "trust", "-U", "ledger")
+        options = f"-k {data} -c listen_addresses='' -c fsync=on -c synchronous_commit=on"
+        run("pg_ctl", "-D", cluster, "-l", data / "server.log", "-w", "-o", options, "start")
+        dsn = f"host={data} user=ledger dbname=postgres"
+        os.environ["ATTEMPT_LEDGER_PG_DURABLE_DSN"] = dsn
+        try:
+            yield dsn
+        finally:
+            del os.environ["ATTEMPT_LEDGER_PG_DURABLE_DSN"]
+            run("pg_ctl", "-D", cluster, "-m", "immediate", "-w", "stop", check=False)

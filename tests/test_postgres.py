@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
@@ -25,9 +25,10 @@ from attempt_ledger import (
     ReceiptEvent,
     SeqConflict,
 )
-from attempt_ledger._codec import encode_batch
+from attempt_ledger._codec import decode_record, encode_batch
+from attempt_ledger._pgschema import id_bytes, ledger_key
 
-from .strategies import attempts, ids, payloads
+from .strategies import attempts, batches, ids, payloads
 
 psycopg = pytest.importorskip("psycopg")
 from attempt_ledger.postgres import (  # noqa: E402
@@ -110,14 +111,17 @@ def test_connection_killed_mid_transaction_commits_nothing(
     ledger = PostgresLedger(dsn, run_id, "n")
     ledger.append(1, "s", EV)
     conn = ledger._connection()
-    real_execute = conn.execute
+    real_execute = psycopg.Cursor.execute
+    armed = True
 
-    def execute(sql: Any, *args: Any, **kwargs: Any) -> Any:
-        if "attempt_ledger_append" in str(sql):  # the append statement is about to be sent
+    def execute(cursor: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal armed
+        if armed:  # the append's first statement is about to be sent
+            armed = False
             _terminate(dsn, conn.info.backend_pid)
-        return real_execute(sql, *args, **kwargs)
+        return real_execute(cursor, sql, *args, **kwargs)
 
-    monkeypatch.setattr(conn, "execute", execute)
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     with pytest.raises(LedgerConnectionError) as info:
         ledger.append(1, "s", EV * 3)
     # The client cannot tell whether the server got as far as committing; it says so.
@@ -545,7 +549,7 @@ def test_migrate_upgrades_a_version_1_database_in_place(fresh_dsn: str) -> None:
         old_lines = conn.execute(_ALL_LINES).fetchall()
     with pytest.raises(LedgerDatabaseError, match="run migrate"):
         PostgresLedger(fresh_dsn, "run/1", "node:a").last_seq()  # the v1 tables: no key column
-    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 2
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
     for run_id, node_id, count in ledgers:
@@ -567,3 +571,308 @@ def test_a_database_without_the_schema_or_with_a_newer_one(fresh_dsn: str) -> No
         conn.execute("UPDATE attempt_ledger_schema SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(LedgerError, match="knows up to"):
         migrate(fresh_dsn)
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE attempt_ledger_schema SET version = 0")
+    with pytest.raises(LedgerError, match="unknown schema version 0"):
+        migrate(fresh_dsn)
+
+
+# Version 2 of the schema, as the previous release's migrate() created it.
+_V2_SCHEMA = [
+    "CREATE TABLE attempt_ledger_schema (version integer NOT NULL)",
+    "INSERT INTO attempt_ledger_schema VALUES (2)",
+    """CREATE TABLE attempt_ledger_heads (
+        run_id bytea NOT NULL, node_id bytea NOT NULL, last_seq numeric(20, 0) NOT NULL,
+        key bytea PRIMARY KEY)""",
+    """CREATE TABLE attempt_ledger_receipts (
+        seq numeric(20, 0) NOT NULL, line bytea NOT NULL, key bytea NOT NULL,
+        PRIMARY KEY (key, seq))""",
+    """CREATE FUNCTION attempt_ledger_append(
+        k bytea, r bytea, n bytea, expected numeric, head bytea, middle bytea, tails bytea[],
+        channel text, OUT ok boolean, OUT last numeric) LANGUAGE plpgsql AS $$
+    DECLARE count integer := cardinality(tails);
+    BEGIN
+        INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key) VALUES (r, n, 0, k)
+            ON CONFLICT DO NOTHING;
+        SELECT h.last_seq INTO last FROM attempt_ledger_heads h WHERE h.key = k FOR UPDATE;
+        IF (expected IS NOT NULL AND expected <> last) OR last + count > 18446744073709551615
+        THEN
+            ok := false;
+            RETURN;
+        END IF;
+        INSERT INTO attempt_ledger_receipts (key, seq, line)
+            SELECT k, last + i, head || convert_to((last + i)::text, 'UTF8') || middle || tail
+            FROM unnest(tails) WITH ORDINALITY AS t(tail, i);
+        UPDATE attempt_ledger_heads h SET last_seq = last + count WHERE h.key = k;
+        PERFORM pg_notify(channel, encode(k, 'hex'));
+        ok := true;
+    END $$""",
+]
+
+
+def test_migrate_upgrades_a_version_2_database_in_place(fresh_dsn: str) -> None:
+    ledgers = [("run/1", "node:a", 3), ("a\x00", "bc", 2), ("é" * 2000, "n", 1)]
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        for statement in _V2_SCHEMA:
+            conn.execute(statement)
+        for run_id, node_id, count in ledgers:
+            batch = encode_batch(Path(), run_id, node_id, 7, "s", [ReceiptEvent("e", {"k": 1})])
+            for _ in range(count):
+                conn.execute(
+                    "SELECT * FROM attempt_ledger_append(%s, %s, %s, NULL, %s, %s, %s, 'x')",
+                    (
+                        ledger_key(run_id, node_id),
+                        id_bytes(run_id),
+                        id_bytes(node_id),
+                        batch.head,
+                        b',"ts_ms":5,"event_type":',
+                        [tail[:-1] for tail in batch.tails],
+                    ),
+                )
+        old_lines = conn.execute(_ALL_LINES).fetchall()
+    with PostgresLedger(fresh_dsn, "run/1", "node:a") as old:  # no listeners column
+        with pytest.raises(LedgerDatabaseError, match="run migrate"):
+            old.append(1, "s", EV)
+        with pytest.raises(LedgerDatabaseError, match="run migrate"):
+            old.reconcile(9, 0)
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
+        functions = conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'attempt%'")
+        assert functions.fetchone() == (0,)  # the version-2 append function is gone
+    for run_id, node_id, count in ledgers:
+        with PostgresLedger(fresh_dsn, run_id, node_id) as ledger:
+            assert ledger.last_seq() == count
+            assert ledger.append(1, "s", EV * 2).seq == count + 2
+            assert [r.seq for r in ledger.records()] == list(range(1, count + 3))
+    assert ledger_ids(fresh_dsn) == sorted((r, n) for r, n, _ in ledgers)
+
+
+def _notified_keys(listener: Any, dsn: str) -> list[str]:
+    """The payloads ``listener`` got on the ledger channel up to now: a marker notification,
+    sent after, comes after every notification of a transaction committed before it."""
+    marker = uuid.uuid4().hex
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pg_notify('attempt_ledger', %s)", (marker,))
+    got = []
+    for note in listener.notifies(timeout=30):
+        if note.payload == marker:
+            return got
+        got.append(note.payload)
+    raise AssertionError("the marker notification never came")
+
+
+def test_an_append_notifies_only_while_someone_waits_for_that_ledger(dsn: str, run_id: str) -> None:
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute("LISTEN attempt_ledger")
+    writer, waiter = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+    other = PostgresLedger(dsn, run_id, "other")
+    key = ledger_key(run_id, "n").hex()
+    writer.append(1, "s", EV)
+    writer.append(1, "s", EV * 3)  # both statements: one line, several
+    assert key not in _notified_keys(listener, dsn)  # nobody waits: no NOTIFY
+    with waiter._listening():
+        writer.append(1, "s", EV)
+        writer.append(1, "s", EV * 2)
+        other.append(1, "s", EV)  # a ledger nobody waits for
+        assert _notified_keys(listener, dsn) == [key, key]
+    writer.append(1, "s", EV)
+    assert key not in _notified_keys(listener, dsn)  # the waiter is gone
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT listeners FROM attempt_ledger_heads WHERE key = %s", (ledger_key(run_id, "n"),)
+        )
+        assert rows.fetchall() == [([],)]
+    for ledger in (writer, waiter, other, listener):
+        ledger.close()
+
+
+def test_registrations_of_dead_listeners_are_dropped(dsn: str, run_id: str) -> None:
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute("LISTEN attempt_ledger")
+    waiter, writer = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+    key = ledger_key(run_id, "n")
+    with waiter._listening():  # a waiter killed while waiting: its registration stays behind
+        with psycopg.connect(dsn) as conn:
+            query = "SELECT listeners[1] FROM attempt_ledger_heads WHERE key = %s"
+            (pid,) = conn.execute(query, (key,)).fetchone()
+        _terminate(dsn, pid)
+    writer.append(1, "s", EV)
+    assert _notified_keys(listener, dsn) == [key.hex()]  # harmless: a NOTIFY too many
+    with waiter._listening():  # the next registration drops the dead one
+        with psycopg.connect(dsn) as conn:
+            (listeners,) = conn.execute(
+                "SELECT listeners FROM attempt_ledger_heads WHERE key = %s", (key,)
+            ).fetchone()
+        assert len(listeners) == 1
+        assert pid not in listeners
+    writer.append(1, "s", EV)
+    assert _notified_keys(listener, dsn) == []
+    for ledger in (writer, waiter, listener):
+        ledger.close()
+
+
+@pytest.mark.parametrize("method", ["reconcile", "follow"])
+def test_a_wait_is_woken_by_the_commit_not_its_poll(dsn: str, method: str) -> None:
+    # The poll interval is a minute: only a notification (or the first read, if the append
+    # came first) can end these waits within the join's timeout, whichever of the waiter's
+    # registration and the append comes first.
+    for _ in range(10):
+        run_id = uuid.uuid4().hex
+        waiter, writer = PostgresLedger(dsn, run_id, "n"), PostgresLedger(dsn, run_id, "n")
+        found: list[object] = []
+
+        def wait(waiter: PostgresLedger = waiter, found: list[object] = found) -> None:
+            if method == "reconcile":
+                found.append(waiter.reconcile(1, 60_000, 60_000).found)
+            else:
+                follow = waiter.follow(poll_interval=60, timeout=60)
+                found.append(next(follow).seq)
+                follow.close()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        writer.append(1, "s", EV)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the wait missed the commit's notification"
+        assert found in ([True], [1])
+        waiter.close()
+        writer.close()
+
+
+@given(batch=batches, attempt=attempts, session=ids, new=st.booleans())
+@example(
+    batch=[ReceiptEvent("e", {"\\000": "\\\\\n\x00é\u2028\\x0a"}), ReceiptEvent("\\")],
+    attempt=0,
+    session="\\",
+    new=False,
+)
+@settings(max_examples=30, deadline=None)
+def test_lines_are_stored_as_the_file_ledger_encodes_them(
+    pg_dsn: str, batch: list[ReceiptEvent], attempt: int, session: str, new: bool
+) -> None:
+    # Both append statements (one line, several) and the first append of a ledger.
+    run_id, node_id = uuid.uuid4().hex, "n\x00\\"
+    with PostgresLedger(pg_dsn, run_id, node_id) as ledger:
+        if not new:
+            ledger.append(1, "s", EV)
+        first = ledger.last_seq() + 1
+        ledger.append(attempt, session, batch)
+        rows = ledger._query(
+            "SELECT line FROM attempt_ledger_receipts WHERE key = %s AND seq >= %s ORDER BY seq",
+            (first,),
+        )
+    ts_ms = decode_record(bytes(rows[0][0])).ts_ms
+    encoded = encode_batch(ledger.path, run_id, node_id, attempt, session, batch)
+    assert b"".join(bytes(line) + b"\n" for (line,) in rows) == encoded.render(first, ts_ms)
+
+
+def test_a_read_only_role_waits_by_polling(dsn: str, run_id: str) -> None:
+    role = f"reader_{uuid.uuid4().hex}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT SELECT ON attempt_ledger_heads, attempt_ledger_receipts TO {role}")
+    reader = PostgresLedger(psycopg.conninfo.make_conninfo(dsn, user=role), run_id, "n")
+    found: list[bool] = []
+    try:
+        with pytest.raises(LedgerDatabaseError, match="permission denied"):
+            reader.append(1, "s", EV)
+        thread = threading.Thread(target=lambda: found.append(reader.reconcile(1, 60_000).found))
+        thread.start()
+        with PostgresLedger(dsn, run_id, "n") as writer:
+            writer.append(1, "s", EV)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert found == [True]
+    finally:
+        reader.close()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_threads_sharing_a_ledger_get_their_own_results(dsn: str, run_id: str) -> None:
+    # One connection, a kept cursor per thread: each append gets its own statement's row.
+    ledger = PostgresLedger(dsn, run_id, "n")
+    got: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def appender() -> None:
+        barrier.wait(timeout=30)
+        got.extend(ledger.append(1, "s", EV * 2).seq for _ in range(25))
+
+    threads = [threading.Thread(target=appender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sorted(got) == list(range(2, 201, 2))
+    assert [r.seq for r in ledger.records()] == list(range(1, 201))
+    ledger.close()
+
+
+def _append_with(ledger: PostgresLedger | tuple[str, str], out: Any) -> None:
+    if isinstance(ledger, tuple):
+        ledger = PostgresLedger(*ledger, "n")
+    out.put([ledger.append(1, "s", EV).seq for _ in range(5)])
+    ledger.close()  # a fork child's close leaves the parent's connection alone
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_ledger_used_before_and_after_a_child_appends(dsn: str, run_id: str, method: str) -> None:
+    import multiprocessing
+
+    ledger = PostgresLedger(dsn, run_id, "n")
+    assert ledger.append(1, "s", EV).seq == 1  # its connection and cursor are open
+    ctx = multiprocessing.get_context(method)
+    out = ctx.Queue()
+    # A fork child inherits the object (and must open its own connection); a spawned one
+    # cannot, so it opens the ledger anew.
+    child = ctx.Process(
+        target=_append_with, args=(ledger if method == "fork" else (dsn, run_id), out)
+    )
+    child.start()
+    try:
+        assert out.get(timeout=60) == [2, 3, 4, 5, 6]
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    assert ledger.append(1, "s", EV).seq == 7  # the parent's connection is still its own
+    assert [r.seq for r in ledger.records()] == list(range(1, 8))
+    ledger.close()
+
+
+def test_an_optimistic_append_retries_when_the_seq_it_expects_comes_in_between(
+    dsn: str, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The append statement is refused (last seq 1, expected 2); another writer appends before
+    # the refusal reads the last seq, which is now the expected one: the statement runs again.
+    with PostgresLedger(dsn, run_id, "n") as ledger, PostgresLedger(dsn, run_id, "n") as other:
+        ledger.append(1, "s", EV)
+        real_execute = psycopg.Cursor.execute
+        reads = 0
+
+        def execute(cursor: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            if str(sql).startswith("SELECT last_seq") and cursor.connection is ledger._conn:
+                reads += 1
+                if reads == 1:
+                    assert other.append(1, "other", EV).seq == 2
+            return real_execute(cursor, sql, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        assert ledger.append(1, "s", EV * 2, expected_last_seq=2).seq == 4
+        assert reads == 1
+        with pytest.raises(SeqConflict) as info:
+            ledger.append(1, "s", EV, expected_last_seq=2)
+        assert (info.value.expected, info.value.actual) == (2, 4)
+        assert [(r.seq, r.session_id) for r in ledger.records()] == [
+            (1, "s"),
+            (2, "other"),
+            (3, "s"),
+            (4, "s"),
+        ]
