@@ -17,7 +17,7 @@ import psycopg
 from ._errors import LedgerError
 
 #: The schema version :func:`migrate` creates or upgrades to.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANNEL = "attempt_ledger"
 #: SQLSTATEs of a missing or older schema: no such table, function or column.
 MISSING_SCHEMA = frozenset({"42P01", "42883", "42703"})
@@ -28,11 +28,12 @@ _KEY_SQL = "sha256(int8send(octet_length({r})::bigint) || {r} || {n})"
 
 # Columns in the order an upgraded older table has them, so that both look the same.
 # ``listeners``: the backend pids of the connections waiting for this ledger's commits (see
-# LISTENING); an append notifies only when there is one.
+# LISTENING); an append notifies only when there is one. ``last_hash``: the record_hash of the
+# last record if it is hashed (schema 2), which the next append chains from; else NULL.
 _TABLES = [
     """CREATE TABLE attempt_ledger_heads (
         run_id bytea NOT NULL, node_id bytea NOT NULL, last_seq numeric(20, 0) NOT NULL,
-        key bytea PRIMARY KEY, listeners integer[] NOT NULL DEFAULT '{}')""",
+        key bytea PRIMARY KEY, listeners integer[] NOT NULL DEFAULT '{}', last_hash bytea)""",
     """CREATE TABLE attempt_ledger_receipts (
         seq numeric(20, 0) NOT NULL, line bytea NOT NULL, key bytea NOT NULL,
         PRIMARY KEY (key, seq))""",
@@ -63,6 +64,15 @@ _UPGRADE_FROM_2 = [
     "bytea, bytea, bytea, numeric, bytea, bytea, bytea[], text)",
 ]
 
+# Version 4 keeps the last record's hash on the head row, for hash chains (schema-2 records).
+_UPGRADE_FROM_3 = [
+    "ALTER TABLE attempt_ledger_heads ADD COLUMN last_hash bytea",
+    """UPDATE attempt_ledger_heads h SET last_hash = (
+        SELECT decode(substring(convert_from(r.line, 'UTF8')
+            FROM ',"record_hash":"([0-9a-f]{64})"}$'), 'hex')
+        FROM attempt_ledger_receipts r WHERE r.key = h.key ORDER BY r.seq DESC LIMIT 1)""",
+]
+
 # An append in one statement, so one round trip and no server function: move the ledger's
 # head row by the batch size (the UPDATE waits for the row's lock, then re-checks its
 # conditions on the latest version, so seqs are exact), insert the lines built from the
@@ -72,7 +82,7 @@ _UPGRADE_FROM_2 = [
 _APPEND = """WITH h AS (
     UPDATE attempt_ledger_heads h SET last_seq = h.last_seq + {count}
     WHERE h.key = %(key)s AND (%(expected)s::numeric IS NULL OR h.last_seq = %(expected)s)
-        AND h.last_seq <= 18446744073709551615 - {count}
+        AND h.last_seq <= 18446744073709551615 - {count} AND h.last_hash IS NULL
     RETURNING h.last_seq - {count} AS last, cardinality(h.listeners) AS listening),
 lines AS (
     INSERT INTO attempt_ledger_receipts (key, seq, line)
@@ -98,6 +108,46 @@ APPEND = _APPEND.format(
         AS s(tail, i))""",
     channel=CHANNEL,
 )
+
+#: The append of schema-2 records, chained from the head row's last hash (or from nothing):
+#: parameters key, expected, head (the schema-2 head), count, middle, tails (each without its
+#: closing brace, joined by newlines). Under the head row's lock it numbers the lines, hashes
+#: each one's bytes up to its prev_hash member (plus the closing brace) in turn, inserts them
+#: and moves the head's seq and hash; what it writes is byte for byte what the file ledger
+#: writes. No row comes back when refused, as for APPEND.
+APPEND_CHAINED = f"""WITH RECURSIVE h AS (
+    SELECT h.last_seq, h.last_hash, cardinality(h.listeners) AS listening
+    FROM attempt_ledger_heads h
+    WHERE h.key = %(key)s AND (%(expected)s::numeric IS NULL OR h.last_seq = %(expected)s)
+        AND h.last_seq <= 18446744073709551615 - %(count)s::integer
+    FOR UPDATE),
+pieces AS (
+    SELECT %(middle)s::bytea || decode(s.tail, 'escape') AS rest, s.i
+    FROM string_to_table(encode(%(tails)s::bytea, 'escape'), E'\\n') WITH ORDINALITY
+        AS s(tail, i)),
+chain AS (
+    SELECT p.i, h.last_seq + 1 AS seq, x.pre, sha256(x.pre || convert_to('}}', 'UTF8')) AS hash
+    FROM h, pieces p, LATERAL (SELECT %(head)s::bytea || convert_to((h.last_seq + 1)::text,
+        'UTF8') || p.rest || convert_to(',"prev_hash":' || coalesce(
+            '"' || encode(h.last_hash, 'hex') || '"', 'null'), 'UTF8') AS pre) x
+    WHERE p.i = 1
+  UNION ALL
+    SELECT p.i, c.seq + 1, x.pre, sha256(x.pre || convert_to('}}', 'UTF8'))
+    FROM chain c JOIN pieces p ON p.i = c.i + 1, LATERAL (SELECT %(head)s::bytea
+        || convert_to((c.seq + 1)::text, 'UTF8') || p.rest
+        || convert_to(',"prev_hash":"' || encode(c.hash, 'hex') || '"', 'UTF8') AS pre) x),
+lines AS (
+    INSERT INTO attempt_ledger_receipts (key, seq, line)
+    SELECT %(key)s, c.seq, c.pre || convert_to(',"record_hash":"' || encode(c.hash, 'hex')
+        || '"}}', 'UTF8')
+    FROM chain c),
+moved AS (
+    UPDATE attempt_ledger_heads AS head SET last_seq = h.last_seq + %(count)s::integer,
+        last_hash = (SELECT c.hash FROM chain c ORDER BY c.i DESC LIMIT 1)
+    FROM h WHERE head.key = %(key)s)
+SELECT h.last_seq, CASE WHEN h.listening > 0 THEN pg_notify('{CHANNEL}', encode(%(key)s, 'hex'))
+    END
+FROM h"""
 
 #: Create a ledger's head row if it has none: key, run_id, node_id.
 CREATE_HEAD = """INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key)
@@ -171,7 +221,12 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> int:
                     f" {SCHEMA_VERSION}",
                 )
             if version != SCHEMA_VERSION:
-                steps = {None: _TABLES, 1: _UPGRADE_FROM_1 + _UPGRADE_FROM_2, 2: _UPGRADE_FROM_2}
+                steps = {
+                    None: _TABLES,
+                    1: _UPGRADE_FROM_1 + _UPGRADE_FROM_2 + _UPGRADE_FROM_3,
+                    2: _UPGRADE_FROM_2 + _UPGRADE_FROM_3,
+                    3: _UPGRADE_FROM_3,
+                }
                 if version not in steps:
                     raise LedgerError(Path("postgres:"), f"unknown schema version {version}")
                 for statement in steps[version]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 
+from ._chain import record_hash_of
 from ._errors import LedgerError
 from ._handles import write_all
 from ._ledger import AttemptLedger
@@ -56,9 +57,11 @@ def copy_to_postgres(path: str | os.PathLike[str], conninfo: str) -> tuple[str, 
                 "INSERT INTO attempt_ledger_receipts (key, seq, line) VALUES (%s, %s, %s)",
                 [(key, seq, line) for _, _, seq, line in rows],
             )
+        last = max(rows, key=lambda row: row[2])
+        last_hash = record_hash_of(last[3])  # a chain the next append continues
         conn.execute(
-            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s",
-            (max(seq for _, _, seq, _ in rows), key),
+            "UPDATE attempt_ledger_heads SET last_seq = %s, last_hash = %s WHERE key = %s",
+            (last[2], None if last_hash is None else bytes.fromhex(last_hash), key),
         )
     return run_id, node_id, len(rows)
 

@@ -41,6 +41,7 @@ memory stays bounded by the longest line (the problem list is capped by ``max_pr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -239,48 +240,81 @@ def verify_receipt_ledger(
         is negative.
     :raises LedgerIOError: if the path cannot be read (a directory, a FIFO, no permission).
     """
-    for name, value in (("expected_root_hash", expected_root_hash), ("chain_from", chain_from)):
-        if value is not None:
-            check_hash(value, name)
-    if type(max_problems) is not int or max_problems < 0:
-        raise ValueError(f"max_problems must be an int >= 0, not {max_problems!r}")
-    chain = _Chain(chain_from, expected_root_hash, max_problems)
+    chain = _new_chain(expected_root_hash, chain_from, max_problems)
     fd = open_ledger(path)
     if fd is None:
         chain.add(ChainProblem(None, "missing", "no such file"))
         result = chain.finish(0, 0)
         return attrs.evolve(result, valid=False, schema_version=0)
-    number = end = 0
-    fast = FastJudge()
-    try:
-        size = os.fstat(fd).st_size  # the snapshot verified: later appends are not read
+    end = 0
+
+    def snapshot() -> Iterator[bytes | None]:
+        nonlocal end
         for line, line_end in iter_lines(fd):
             if line_end > size:
                 break  # appended after the file was opened
-            number += 1
             end = line_end
-            judged = None if line is None else fast.judge(line)
-            if judged is None:
-                chain.line(number, *judge_line(line))
-                continue
-            seq, prev, stored = judged[1], judged[2], judged[3]
-            if (
-                seq == chain.highest + 1
-                and prev == chain.last_hash
-                and chain.link_known
-                and chain.any_hashed
-                and stored != expected_root_hash
-            ):  # the common case, in one test: the next record of an intact chain
-                chain.records += 1
-                chain.hashed_records += 1
-                chain.highest = seq
-                chain.last_hash = chain.root = stored
-                chain.trailing = None
-            else:
-                chain.line(number, *judged)
+            yield line
+
+    try:
+        size = os.fstat(fd).st_size  # the snapshot verified: later appends are not read
+        number = _check(chain, snapshot())
         size = min(size, os.fstat(fd).st_size)  # rolled back meanwhile: those bytes are gone
     except OSError as error:
         raise LedgerIOError.wrap(path, "read the ledger", error) from error
     finally:
         os.close(fd)
     return chain.finish(number, max(0, size - end))
+
+
+def verify_lines(
+    lines: Iterable[bytes],
+    *,
+    expected_root_hash: str | None = None,
+    chain_from: str | None = None,
+    max_problems: int = 1000,
+) -> ReceiptLedgerVerification:
+    """Verify a ledger given as its lines (without newlines), in order, as
+    :func:`verify_receipt_ledger` verifies a file: for ledgers kept elsewhere (PostgreSQL).
+
+    :raises ValueError: as :func:`verify_receipt_ledger`.
+    """
+    chain = _new_chain(expected_root_hash, chain_from, max_problems)
+    return chain.finish(_check(chain, lines), 0)
+
+
+def _new_chain(expected_root_hash: str | None, chain_from: str | None, max_problems: int) -> _Chain:
+    for name, value in (("expected_root_hash", expected_root_hash), ("chain_from", chain_from)):
+        if value is not None:
+            check_hash(value, name)
+    if type(max_problems) is not int or max_problems < 0:
+        raise ValueError(f"max_problems must be an int >= 0, not {max_problems!r}")
+    return _Chain(chain_from, expected_root_hash, max_problems)
+
+
+def _check(chain: _Chain, lines: Iterable[bytes | None]) -> int:
+    """Judge ``lines`` in order into ``chain``; return how many there were."""
+    number = 0
+    fast = FastJudge()
+    for line in lines:
+        number += 1
+        judged = None if line is None else fast.judge(line)
+        if judged is None:
+            chain.line(number, *judge_line(line))
+            continue
+        seq, prev, stored = judged[1], judged[2], judged[3]
+        if (
+            seq == chain.highest + 1
+            and prev == chain.last_hash
+            and chain.link_known
+            and chain.any_hashed
+            and stored != chain.expected_root
+        ):  # the common case, in one test: the next record of an intact chain
+            chain.records += 1
+            chain.hashed_records += 1
+            chain.highest = seq
+            chain.last_hash = chain.root = stored
+            chain.trailing = None
+        else:
+            chain.line(number, *judged)
+    return number

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from ._chain import chain_head
 from ._codec import (
     EncodedBatch,
     check_expected_last_seq,
@@ -31,6 +32,7 @@ from ._errors import SeqConflict, SeqExhausted
 from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
 from ._pgschema import (
     APPEND,
+    APPEND_CHAINED,
     APPEND_ONE,
     CHANNEL,
     CREATE_HEAD,
@@ -47,6 +49,7 @@ from ._protocol import Ledger
 from ._reconcile import follow_with, reconcile
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
+from ._verify_chain import ReceiptLedgerVerification, verify_lines
 
 __all__ = [
     "CHANNEL",
@@ -79,17 +82,31 @@ class PostgresLedger(Connections):
         connection that is not in autocommit mode gets a transaction block per operation, and
         one with a transaction already open is refused (the append would be committed, or lost,
         with the caller's transaction, holding the ledger's row lock until then).
-    :raises TypeError: if ``conninfo`` is none of these, or ``run_id`` or ``node_id`` is not a
-        ``str``.
+    :param hash_chain: write schema-2 records, chained by SHA-256, as
+        ``AttemptLedger(..., hash_chain=True)`` does (the server hashes each line under the
+        ledger's row lock; the lines are the file ledger's, byte for byte). A ledger whose last
+        record is hashed is continued as a chain whatever this says.
+    :raises TypeError: if ``conninfo`` is none of these, ``run_id`` or ``node_id`` is not a
+        ``str``, or ``hash_chain`` not a ``bool``.
     """
 
     def __init__(
-        self, conninfo: str | psycopg.Connection[Any] | Any, run_id: str, node_id: str
+        self,
+        conninfo: str | psycopg.Connection[Any] | Any,
+        run_id: str,
+        node_id: str,
+        *,
+        hash_chain: bool = False,
     ) -> None:
         for name, value in (("run_id", run_id), ("node_id", node_id)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be str, not {type(value).__name__}")
+        if type(hash_chain) is not bool:
+            raise TypeError(f"hash_chain must be a bool, not {hash_chain!r}")
         self.run_id, self.node_id = run_id, node_id
+        self.hash_chain = hash_chain
+        # Whether the ledger is known to hold a chain: then every append continues it.
+        self._chained = hash_chain
         # Stored and looked up by a digest of the ids: see _pgschema.
         self._key = ledger_key(run_id, node_id)
         self._ids = {"k": self._key, "r": id_bytes(run_id), "n": id_bytes(node_id)}
@@ -132,12 +149,7 @@ class PostgresLedger(Connections):
         # The server numbers the lines: it gets the pieces around the seq (the tails without
         # their newline) and splices it in.
         middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
-        params = {"key": self._key, "expected": expected_last_seq, "head": batch.head}
-        if count == 1:
-            sql, params["rest"] = APPEND_ONE, middle + batch.tails[0][:-1]
-        else:  # one value, cheaper to send than an array
-            sql, params["count"], params["middle"] = APPEND, count, middle
-            params["tails"] = b"".join(batch.tails)[:-1]
+        sql, params = self._statement(batch, middle, expected_last_seq)
         committing, last_seq = False, 0
         try:
             with self._use() as conn:
@@ -154,6 +166,8 @@ class PostgresLedger(Connections):
                     if refused_at is not None:
                         last_seq = refused_at
                         break
+                    if self._chained and sql is not APPEND_CHAINED:  # found a chain: continue it
+                        sql, params = self._statement(batch, middle, expected_last_seq)
         except psycopg.Error as error:
             raise self._failure(error, committing, "the batch ") from error
         if row is None:
@@ -162,20 +176,41 @@ class PostgresLedger(Connections):
             raise SeqExhausted(self.path, last_seq, count)
         return AppendSummary(self.path, int(row[0]) + count, count)
 
+    def _statement(
+        self, batch: EncodedBatch, middle: bytes, expected_last_seq: int | None
+    ) -> tuple[str, dict[str, Any]]:
+        """The append statement for ``batch`` and its parameters."""
+        count = len(batch.tails)
+        params: dict[str, Any] = {"key": self._key, "expected": expected_last_seq}
+        if self._chained:
+            params.update(head=chain_head(batch.head), count=count, middle=middle)
+            params["tails"] = b"\n".join(tail[:-2] for tail in batch.tails)
+            return APPEND_CHAINED, params
+        params["head"] = batch.head
+        if count == 1:
+            params["rest"] = middle + batch.tails[0][:-1]
+            return APPEND_ONE, params
+        params.update(count=count, middle=middle)  # one value, cheaper to send than an array
+        params["tails"] = b"".join(batch.tails)[:-1]
+        return APPEND, params
+
     def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
         """After the append statement moved nothing: the last seq that refuses the batch, or
-        ``None`` if it is worth another try: the ledger had no head row (now created), or its
-        last seq has just reached the expected one (which takes others' commits, and seqs only
-        grow, so the batch is soon appended or refused).
+        ``None`` if it is worth another try: the ledger had no head row (now created), its last
+        record is hashed (the chain is continued from now on), or its last seq has just reached
+        the expected one (which takes others' commits, and seqs only grow, so the batch is soon
+        appended or refused).
         """
         found = cursor.execute(
-            "SELECT last_seq FROM attempt_ledger_heads WHERE key = %s", (self._key,)
+            "SELECT last_seq, last_hash FROM attempt_ledger_heads WHERE key = %s", (self._key,)
         ).fetchone()
         last_seq = 0 if found is None else int(found[0])
         if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
             return last_seq
         if found is None:
             cursor.execute(CREATE_HEAD, self._ids)
+        elif found[1] is not None:
+            self._chained = True
         return None
 
     def last_seq(self) -> int:
@@ -204,6 +239,13 @@ class PostgresLedger(Connections):
         return self._iter_records(since_seq)
 
     def _iter_records(self, since_seq: int) -> Iterator[ReceiptRecord]:
+        for line in self._iter_lines(since_seq):
+            record = decode_record(line)
+            if record is not None:
+                yield record
+
+    def _iter_lines(self, since_seq: int) -> Iterator[bytes]:
+        # The stored lines with seq > since_seq, in seq order, a page at a time.
         last = since_seq
         while True:
             rows = self._query(
@@ -212,12 +254,20 @@ class PostgresLedger(Connections):
                 (last,),
             )
             for seq, line in rows:
-                record = decode_record(bytes(line))
-                if record is not None:
-                    yield record
+                yield bytes(line)
                 last = int(seq)
             if len(rows) < 1000:
                 return
+
+    def verify(self, *, expected_root_hash: str | None = None) -> ReceiptLedgerVerification:
+        """Verify the ledger's hash chain as :func:`~attempt_ledger.verify_receipt_ledger`
+        verifies a file: seqs, each hashed line's hash over its own bytes, each link.
+
+        :param expected_root_hash: a root hash saved earlier, which some record must have.
+        :raises ValueError: if ``expected_root_hash`` is not 64 lowercase hex digits.
+        :raises LedgerDatabaseError: if the database fails.
+        """
+        return verify_lines(self._iter_lines(0), expected_root_hash=expected_root_hash)
 
     def _query(self, sql: str, extra: tuple[Any, ...] = ()) -> list[Any]:
         try:

@@ -549,7 +549,7 @@ def test_migrate_upgrades_a_version_1_database_in_place(fresh_dsn: str) -> None:
         old_lines = conn.execute(_ALL_LINES).fetchall()
     with pytest.raises(LedgerDatabaseError, match="run migrate"):
         PostgresLedger(fresh_dsn, "run/1", "node:a").last_seq()  # the v1 tables: no key column
-    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 4
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
     for run_id, node_id, count in ledgers:
@@ -635,7 +635,7 @@ def test_migrate_upgrades_a_version_2_database_in_place(fresh_dsn: str) -> None:
             old.append(1, "s", EV)
         with pytest.raises(LedgerDatabaseError, match="run migrate"):
             old.reconcile(9, 0)
-    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 3
+    assert migrate(fresh_dsn) == migrate(fresh_dsn) == SCHEMA_VERSION == 4
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute(_ALL_LINES).fetchall() == old_lines  # byte for byte
         functions = conn.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'attempt%'")
