@@ -207,6 +207,7 @@ def loop_hub() -> Hub | None:
             hub.close()
             return None
         _loop_hubs[loop] = hub
+        weakref.finalize(loop, hub.close)  # the loop's descriptor goes with the loop
     return hub
 
 

@@ -45,6 +45,7 @@ from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
 __all__ = [
     "CHANNEL",
     "SCHEMA_VERSION",
+    "AsyncPostgresLedger",
     "LedgerConnectionError",
     "LedgerDatabaseError",
     "PostgresLedger",
@@ -404,3 +405,6 @@ class PostgresLedger:
 
 def _conforms(ledger: PostgresLedger) -> Ledger:
     return ledger  # mypy checks that PostgresLedger satisfies the protocol
+
+
+from ._pg_async import AsyncPostgresLedger  # noqa: E402  (built on PostgresLedger above)
