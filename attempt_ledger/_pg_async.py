@@ -193,7 +193,7 @@ class AsyncPostgresLedger:
         :raises TypeError: if ``since_seq`` is not an int.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("since_seq", since_seq, int)
+        self._core.iter_records(since_seq)  # checks it; the generator is never started
         return self._iter_records(since_seq)
 
     async def _iter_records(self, last: int) -> AsyncIterator[ReceiptRecord]:
@@ -237,12 +237,9 @@ class AsyncPostgresLedger:
         :raises TypeError: if an argument is of the wrong kind.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("since_seq", since_seq, int)
-        _check_number("poll_interval", poll_interval, int, float)
-        if timeout is not None:
-            _check_number("timeout", timeout, int, float)
-        if stop is not None and not callable(getattr(stop, "is_set", None)):
-            raise TypeError(f"stop must be an asyncio.Event or None, not {stop!r}")
+        # The blocking ledger checks the arguments; its generator, never started, does no I/O.
+        either_stop: Any = stop  # an asyncio.Event: the check is only that it has is_set()
+        self._core.follow(since_seq, poll_interval=poll_interval, stop=either_stop, timeout=timeout)
         return self._follow(since_seq, poll_interval, stop, timeout)
 
     async def _follow(

@@ -12,10 +12,12 @@ interval, which stays as the safety net in every case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -25,7 +27,7 @@ from collections.abc import (
 )
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ._errors import LedgerIOError
 from ._reader import iter_decoded, open_ledger, read_last_seq
@@ -56,6 +58,7 @@ class _Fetch(NamedTuple):
 
 
 _READ = _Read()
+T = TypeVar("T")
 Steps = Generator[Any, Any, Any]
 
 
@@ -140,7 +143,8 @@ class Waiter:
             self._hub.disarm(self._ticket)
         self._ticket = None
 
-    def wait(self, seconds: float) -> None:
+    async def wait(self, seconds: float) -> None:
+        # Blocks and never suspends: only :func:`_drive` awaits it, without a loop.
         stop = self._stop
         if self._ticket is None:
             if stop is not None and self._sleep is time.sleep:
@@ -208,38 +212,37 @@ class AsyncWaiter:
 def _drive(
     steps: Steps, read_seq: Callable[[], int], fetch: Callable[[int], list[Any]], waiter: Waiter
 ) -> Iterator[Any]:
-    """Serve ``steps`` with blocking calls; yield what they emit, then what they return."""
-    reply: Any = None
+    """Serve ``steps`` with blocking calls: :func:`_adrive`, run without a loop. Every await
+    in it is then a blocking call that returns without suspending, so each step of the async
+    generator completes in one ``send``."""
+    served = _adrive(steps, _blocking(read_seq), _blocking(fetch), waiter)
     try:
         while True:
             try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                if done.value is not None:
-                    yield done.value
+                served.__anext__().send(None)
+            except StopIteration as step:
+                yield step.value
+            except StopAsyncIteration:
                 return
-            reply = None
-            if step is _READ:
-                waiter.arm()
-                reply = read_seq()
-            elif type(step) is _Wait:
-                waiter.wait(step.seconds)
-            elif type(step) is _Fetch:
-                reply = fetch(step.last)
-            else:
-                yield step
     finally:
-        waiter.disarm()
-        steps.close()
+        with contextlib.suppress(StopIteration):
+            served.aclose().send(None)
+
+
+def _blocking(call: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    async def awaitable(*args: Any) -> T:
+        return call(*args)
+
+    return awaitable
 
 
 async def _adrive(
     steps: Steps,
     read_seq: Callable[[], Awaitable[int]],
     fetch: Callable[[int], Awaitable[list[Any]]],
-    waiter: AsyncWaiter,
-) -> AsyncIterator[Any]:
-    """:func:`_drive` with awaits."""
+    waiter: Waiter | AsyncWaiter,
+) -> AsyncGenerator[Any, None]:
+    """Serve ``steps``: yield what they emit, then what they return."""
     reply: Any = None
     try:
         while True:

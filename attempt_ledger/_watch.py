@@ -43,6 +43,8 @@ if INotify is not None:
     _IGNORED: int = flags.IGNORED
     _OVERFLOW: int = flags.Q_OVERFLOW
 
+# Times a watch is looked for again while the directories on the way come and go.
+_RETRIES = 16
 # How long the process's reader thread lingers with nobody to wake before it exits.
 _IDLE = 1.0
 
@@ -87,15 +89,25 @@ class Hub:
         """Watch for changes to the ledger at ``path``: ``wake`` is called (under the hub's
         mutex, from whichever thread reads the events) on the next one. ``None`` when the
         kernel refuses the watch (a limit, a permission): the caller polls instead."""
-        directory, name = watch_target(path)
         with self.mutex:  # adding and registering as one, so a disarm cannot drop the watch
-            try:
-                wd = int(self.inotify.add_watch(directory, _MASK))
-            except (OSError, ValueError):  # ENOSPC (max_user_watches), EACCES, ENOENT, NUL
-                return None
-            ticket = Ticket(wd, name, wake)
-            self.tickets.setdefault(wd, set()).add(ticket)
-        return ticket
+            for _ in range(_RETRIES):
+                directory, name = watch_target(path)
+                try:
+                    wd = int(self.inotify.add_watch(directory, _MASK))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed since we looked: look again
+                except (OSError, ValueError):  # ENOSPC (max_user_watches), EACCES, NUL
+                    return None
+                # A directory on the way made before the watch was in place would hide what
+                # happens inside it: watch that one instead.
+                if watch_target(path)[0] == directory:
+                    ticket = Ticket(wd, name, wake)
+                    self.tickets.setdefault(wd, set()).add(ticket)
+                    return ticket
+                if wd not in self.tickets:
+                    with contextlib.suppress(OSError):
+                        self.inotify.rm_watch(wd)
+        return None  # a tree that keeps changing under us: poll this round
 
     def disarm(self, ticket: Ticket) -> None:
         """Forget ``ticket``; the last ticket on a watch removes the watch."""

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import multiprocessing
 import os
+import select
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -298,3 +299,31 @@ def test_a_closed_loop_closes_its_descriptor(root: Path) -> None:
     for _ in range(3):
         asyncio.run(reconcile())
     assert inotify_fds() - before <= 1  # only the last loop's, until it is collected
+
+
+def test_a_directory_made_while_the_watch_is_added_is_watched_instead(tmp_path: Path) -> None:
+    # The run directory appears after the nearest ancestor was chosen but before its watch is
+    # in place: its CREATE is never seen, so the ancestor's watch would miss the ledger.
+    hub = watch.Hub()
+    ledger = AttemptLedger(tmp_path / "receipts", "run", "node")
+    real = hub.inotify.add_watch
+    calls: list[Path] = []
+
+    def add_watch(path: Path, mask: int) -> int:
+        wd = real(path, mask)
+        if not calls:
+            ledger.path.parent.mkdir(parents=True)
+        calls.append(Path(path))
+        return int(wd)
+
+    hub.inotify.add_watch = add_watch
+    woken = threading.Event()
+    try:
+        assert hub.arm(ledger.path, woken.set) is not None
+        assert calls == [tmp_path, ledger.path.parent]
+        ledger.append(1, "s", EV)
+        while not woken.is_set():
+            assert select.select([hub.fileno()], [], [], 30)[0], "no event for the append"
+            hub.dispatch()
+    finally:
+        hub.close()
