@@ -252,22 +252,26 @@ def test_a_fork_child_gets_its_own_descriptor(root: Path, armed: threading.Semap
         assert follower.join() == [1]
 
 
-async def _follow_many(root: Path, followers: int, records: int) -> tuple[list[list[int]], int]:
+async def _follow_many(
+    root: Path, armed: threading.Semaphore, followers: int, records: int
+) -> tuple[list[list[int]], int]:
     ledger = AsyncAttemptLedger(root, "run", "node")
     before = inotify_fds()
-    ready = asyncio.Semaphore(0)
     seen: list[list[int]] = [[] for _ in range(followers)]
 
     async def follow(mine: list[int]) -> None:
-        ready.release()
         async for record in ledger.follow(poll_interval=HOUR, timeout=60):
             mine.append(record.seq)
             if record.seq == records:
                 return
 
     tasks = [asyncio.create_task(follow(mine)) for mine in seen]
-    for _ in tasks:
-        await ready.acquire()
+    waiting = 0
+    while waiting < followers:  # a follower that armed has read the ledger and waits
+        if armed.acquire(blocking=False):
+            waiting += 1
+        else:
+            await asyncio.sleep(0)
     writer = AttemptLedger(root, "run", "node")
     for _ in range(records):
         writer.append(1, "s", EV)
@@ -276,15 +280,15 @@ async def _follow_many(root: Path, followers: int, records: int) -> tuple[list[l
     return seen, inotify_fds() - before
 
 
-def test_many_async_followers_share_one_descriptor(root: Path) -> None:
-    seen, extra = asyncio.run(_follow_many(root, 100, 5))
+def test_many_async_followers_share_one_descriptor(root: Path, armed: threading.Semaphore) -> None:
+    seen, extra = asyncio.run(_follow_many(root, armed, 100, 5))
     assert all(mine == [1, 2, 3, 4, 5] for mine in seen)
     assert extra <= 1
 
 
 @pytest.mark.stress
-def test_a_thousand_async_followers(root: Path) -> None:
-    seen, extra = asyncio.run(_follow_many(root, 1000, 50))
+def test_a_thousand_async_followers(root: Path, armed: threading.Semaphore) -> None:
+    seen, extra = asyncio.run(_follow_many(root, armed, 1000, 50))
     assert all(mine == list(range(1, 51)) for mine in seen)
     assert extra <= 1
 
