@@ -14,7 +14,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import report, scenarios
+from . import aio, report, scenarios
 
 ALL = ["ledger", "functions", "floor", "bare", "seed", "filelock", "sqlite"]
 
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("postgres", "ledger")
         }
         results["postgres_wakeup"] = scenarios.wakeup(50, 5 if q else 100, "postgres")
-    text = report.render(results)
+    say("7. asyncio and inotify wake-ups")
+    results["aio"] = aio.run(q)
+    text = report.render(results) + aio.render(results["aio"])
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
