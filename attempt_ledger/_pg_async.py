@@ -252,7 +252,6 @@ class AsyncPostgresLedger:
         async with self._listening() as wait:
             records = afollow_with(
                 self._page,
-                self.last_seq,
                 since_seq,
                 poll_interval=poll_interval,
                 timeout=timeout,

@@ -47,6 +47,10 @@ class _Read(NamedTuple):
     """Read the last seq (after arming the wake-up)."""
 
 
+class _Arm(NamedTuple):
+    """Arm the wake-up (before a read)."""
+
+
 class _Wait(NamedTuple):
     seconds: float
 
@@ -58,6 +62,7 @@ class _Fetch(NamedTuple):
 
 
 _READ = _Read()
+_ARM = _Arm()
 T = TypeVar("T")
 Steps = Generator[Any, Any, Any]
 
@@ -93,20 +98,22 @@ def _follow_steps(
     stopped: Callable[[], bool],
 ) -> Generator[Any, Any, None]:
     deadline = None if timeout is None else clock() + timeout
+    poll = max(1, round(poll_interval * 1000)) / 1000  # whole milliseconds, as reconcile's
     last = since_seq
     while True:
+        # Armed before reading, so that whatever lands after the read ends the wait; reading
+        # the records is the check (no separate read of the last seq).
+        yield _ARM
         while chunk := (yield _Fetch(last)):
             for record in chunk:
                 if record.seq > last:
                     last = record.seq
                     yield record  # the driver hands it to the consumer
         remaining = 3600.0 if deadline is None else deadline - clock()
-        # Reconcile counts whole milliseconds: less than half of one left is none.
+        # Waits count whole milliseconds: less than half of one left is none.
         if stopped() or remaining < 0.0005:
             return
-        wait_ms = max(1, round(min(remaining, 3600.0) * 1000))
-        poll_ms = max(1, round(poll_interval * 1000))
-        yield from _reconcile_steps(last + 1, wait_ms, poll_ms, clock, stopped)
+        yield _Wait(min(poll, remaining))
 
 
 def _stopped(stop: threading.Event | asyncio.Event | None) -> Callable[[], bool]:
@@ -256,6 +263,8 @@ async def _adrive(
             if step is _READ:
                 waiter.arm()
                 reply = await read_seq()
+            elif step is _ARM:
+                waiter.arm()
             elif type(step) is _Wait:
                 await waiter.wait(step.seconds)
             elif type(step) is _Fetch:
@@ -333,10 +342,6 @@ async def areconcile(
     return summary
 
 
-async def _no_fetch(_: int) -> list[Any]:  # pragma: no cover - reconcile fetches nothing
-    return []
-
-
 def follow(
     path: Path,
     since_seq: int = 0,
@@ -397,14 +402,14 @@ def follow_with(
     watch: Path | None = None,
 ) -> Iterator[ReceiptRecord]:
     """The loop behind every blocking ``follow``: yield what ``read_after(last)`` returns past
-    the last seq yielded, then wait with :func:`reconcile` on ``read_seq`` for the next one."""
+    the last seq yielded, then wait (woken by ``watch``'s changes, or ``sleep``) and read
+    again. Reading the records is the check: ``read_seq`` is no longer called."""
     steps = _follow_steps(since_seq, poll_interval, timeout, clock, _stopped(stop))
     return _drive(steps, read_seq, Chunks(read_after), Waiter(sleep, stop, watch))
 
 
 def afollow_with(
     fetch: Callable[[int], Awaitable[list[ReceiptRecord]]],
-    read_seq: Callable[[], Awaitable[int]],
     since_seq: int,
     *,
     poll_interval: float,
@@ -414,7 +419,15 @@ def afollow_with(
     """:func:`follow_with` for asyncio: ``fetch(last)`` returns the next chunk of records."""
     stopped = _stopped(waiter._stop)
     steps = _follow_steps(since_seq, poll_interval, timeout, time.monotonic, stopped)
-    return _adrive(steps, read_seq, fetch, waiter)
+    return _adrive(steps, _no_read, fetch, waiter)
+
+
+async def _no_read() -> int:  # pragma: no cover - follow reads records, not the last seq
+    return 0
+
+
+async def _no_fetch(_: int) -> list[Any]:  # pragma: no cover - reconcile fetches nothing
+    return []
 
 
 def start_offset(path: Path, since_seq: int) -> int:

@@ -100,7 +100,7 @@ class Hub:
                     return None
                 # A directory on the way made before the watch was in place would hide what
                 # happens inside it: watch that one instead.
-                if watch_target(path)[0] == directory:
+                if directory == path.parent or watch_target(path)[0] == directory:
                     ticket = Ticket(wd, name, wake)
                     self.tickets.setdefault(wd, set()).add(ticket)
                     return ticket

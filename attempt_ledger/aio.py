@@ -207,7 +207,6 @@ class AsyncAttemptLedger:
 
         return afollow_with(
             fetch,
-            self.last_seq,
             since_seq,
             poll_interval=poll_interval,
             timeout=timeout,
