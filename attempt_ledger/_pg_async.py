@@ -22,8 +22,9 @@ from ._codec import check_expected_last_seq, decode_record, empty_append, encode
 from ._errors import SeqConflict, SeqExhausted
 from ._pgschema import CHANNEL
 from ._protocol import AsyncLedger
-from ._reconcile import AsyncWaiter, afollow_with, areconcile
+from ._reconcile import afollow_with, areconcile
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+from ._watch import AsyncWaiter
 from .postgres import LedgerConnectionError, PostgresLedger, _check_number
 
 _PAGE = 1000

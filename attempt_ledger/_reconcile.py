@@ -32,15 +32,13 @@ from typing import Any, NamedTuple, TypeVar
 from ._errors import LedgerIOError
 from ._reader import iter_decoded, open_ledger, read_last_seq
 from ._records import ReceiptRecord, ReconcileSummary
-from ._watch import Hub, Ticket, loop_hub, process_hub
+from ._watch import AsyncWaiter, Waiter
 
 # Sleeps of a float interval do not add up to the float deadline exactly; a nanosecond short
 # of it is there.
 _EPSILON = 1e-9
 # Records fetched per step: an async driver lets its loop run between two fetches.
 _CHUNK = 256
-# A thread waiting on inotify with a stop event looks at the event this often.
-_STOP_SLICE = 0.05
 
 
 class _Read(NamedTuple):
@@ -118,102 +116,6 @@ def _follow_steps(
 
 def _stopped(stop: threading.Event | asyncio.Event | None) -> Callable[[], bool]:
     return (lambda: False) if stop is None else stop.is_set
-
-
-class Waiter:
-    """How a blocking driver waits: ``sleep`` (``stop.wait`` when ``sleep`` is
-    :func:`time.sleep`, so that setting ``stop`` cuts it short), or with ``watch``, an inotify
-    ticket on that ledger, falling back to the sleep when the kernel refuses one."""
-
-    def __init__(
-        self,
-        sleep: Callable[[float], None],
-        stop: threading.Event | None,
-        watch: Path | None = None,
-    ) -> None:
-        self._sleep, self._stop = sleep, stop
-        self._watch = watch if sleep is time.sleep else None  # a test's fake sleep: no kernel
-        self._hub: Hub | None = None
-        self._ticket: Ticket | None = None
-        self._woken = threading.Event()
-
-    def arm(self) -> None:
-        self.disarm()
-        if self._watch is not None:
-            self._hub = self._hub or process_hub()
-            if self._hub is not None:
-                self._woken.clear()
-                self._ticket = self._hub.arm(self._watch, self._woken.set)
-
-    def disarm(self) -> None:
-        if self._ticket is not None and self._hub is not None:
-            self._hub.disarm(self._ticket)
-        self._ticket = None
-
-    async def wait(self, seconds: float) -> None:
-        # Blocks and never suspends: only :func:`_drive` awaits it, without a loop.
-        stop = self._stop
-        if self._ticket is None:
-            if stop is not None and self._sleep is time.sleep:
-                stop.wait(seconds)  # set() cuts the sleep short
-            else:
-                self._sleep(seconds)
-            return
-        if stop is None:
-            self._woken.wait(seconds)
-            return
-        # A thread cannot wait on two events: look at ``stop`` between short slices.
-        deadline = time.monotonic() + seconds
-        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            if self._woken.wait(min(left, _STOP_SLICE)):
-                return
-
-
-class AsyncWaiter:
-    """How an async driver waits: on the loop's inotify ticket for ``watch``, on ``stop``, or
-    for the poll interval, whichever comes first. ``sleep`` replaces all that (PostgreSQL's
-    LISTEN)."""
-
-    def __init__(
-        self,
-        stop: asyncio.Event | None,
-        watch: Path | None = None,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
-    ) -> None:
-        self._stop, self._watch, self._sleep = stop, watch, sleep
-        self._hub: Hub | None = None
-        self._ticket: Ticket | None = None
-        self._woken = asyncio.Event()
-
-    def arm(self) -> None:
-        self.disarm()
-        self._woken.clear()
-        if self._watch is not None:
-            self._hub = self._hub or loop_hub()
-            if self._hub is not None:
-                self._ticket = self._hub.arm(self._watch, self._woken.set)
-
-    def disarm(self) -> None:
-        if self._ticket is not None and self._hub is not None:
-            self._hub.disarm(self._ticket)
-        self._ticket = None
-
-    async def wait(self, seconds: float) -> None:
-        if self._sleep is not None:
-            await self._sleep(seconds)
-            return
-        woken = self._woken
-        timer = asyncio.get_running_loop().call_later(seconds, woken.set)
-        stopper = None
-        if self._stop is not None:
-            stopper = asyncio.ensure_future(self._stop.wait())
-            stopper.add_done_callback(lambda _: woken.set())
-        try:
-            await woken.wait()
-        finally:  # also when cancelled: no timer, task or watch is left behind
-            timer.cancel()
-            if stopper is not None:
-                stopper.cancel()
 
 
 def _drive(

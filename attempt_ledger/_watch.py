@@ -1,5 +1,6 @@
 """Kernel wake-ups for waiting readers: one inotify descriptor per process (and one per asyncio
-event loop), shared by every follower in it, and one watch per directory followed.
+event loop), shared by every follower in it, and one watch per directory followed; and the
+waiters that the reconcile/follow drivers wait with (inotify, else the poll interval).
 
 A follower arms a *ticket* before it reads the ledger, so that any change after that read wakes
 it. The watch is on the ledger's directory, not the file, so that a ledger not yet created,
@@ -16,8 +17,9 @@ import contextlib
 import os
 import select
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ if INotify is not None:
 
 # Times a watch is looked for again while the directories on the way come and go.
 _RETRIES = 16
+# A thread waiting on inotify with a stop event looks at the event this often.
+_STOP_SLICE = 0.05
 # How long the process's reader thread lingers with nobody to wake before it exits.
 _IDLE = 1.0
 
@@ -238,3 +242,92 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Armed:
+    """An inotify ticket on ``watch``, armed before each read and woken by ``woken.set``;
+    ``hub`` gives the hub (``None``: poll)."""
+
+    def __init__(self, watch: Path | None, hub: Callable[[], Hub | None], woken: Any) -> None:
+        self._watch, self._get_hub, self._woken = watch, hub, woken
+        self._hub: Hub | None = None
+        self._ticket: Ticket | None = None
+
+    def arm(self) -> None:
+        self.disarm()
+        self._woken.clear()
+        if self._watch is not None:
+            self._hub = self._hub or self._get_hub()
+            if self._hub is not None:
+                self._ticket = self._hub.arm(self._watch, self._woken.set)
+
+    def disarm(self) -> None:
+        if self._ticket is not None and self._hub is not None:
+            self._hub.disarm(self._ticket)
+        self._ticket = None
+
+
+class Waiter(_Armed):
+    """How a blocking driver waits: ``sleep`` (``stop.wait`` when ``sleep`` is
+    :func:`time.sleep`, so that setting ``stop`` cuts it short), or with ``watch``, an inotify
+    ticket on that ledger, falling back to the sleep when the kernel refuses one."""
+
+    def __init__(
+        self,
+        sleep: Callable[[float], None],
+        stop: threading.Event | None,
+        watch: Path | None = None,
+    ) -> None:
+        self._sleep, self._stop = sleep, stop
+        # A test's fake sleep: no kernel.
+        super().__init__(watch if sleep is time.sleep else None, process_hub, threading.Event())
+
+    async def wait(self, seconds: float) -> None:
+        # Blocks and never suspends: only :func:`_drive` awaits it, without a loop.
+        stop = self._stop
+        if self._ticket is None:
+            if stop is not None and self._sleep is time.sleep:
+                stop.wait(seconds)  # set() cuts the sleep short
+            else:
+                self._sleep(seconds)
+            return
+        if stop is None:
+            self._woken.wait(seconds)
+            return
+        # A thread cannot wait on two events: look at ``stop`` between short slices.
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self._woken.wait(min(left, _STOP_SLICE)):
+                return
+
+
+class AsyncWaiter(_Armed):
+    """How an async driver waits: on the loop's inotify ticket for ``watch``, on ``stop``, or
+    for the poll interval, whichever comes first. ``sleep`` replaces all that (PostgreSQL's
+    LISTEN)."""
+
+    def __init__(
+        self,
+        stop: asyncio.Event | None,
+        watch: Path | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._stop, self._sleep = stop, sleep
+        super().__init__(watch, loop_hub, asyncio.Event())
+
+    async def wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            await self._sleep(seconds)
+            return
+        woken = self._woken
+        timer = asyncio.get_running_loop().call_later(seconds, woken.set)
+        stopper = None
+        if self._stop is not None:
+            stopper = asyncio.ensure_future(self._stop.wait())
+            stopper.add_done_callback(lambda _: woken.set())
+        try:
+            await woken.wait()
+        finally:  # also when cancelled: no timer, task or watch is left behind
+            timer.cancel()
+            if stopper is not None:
+                stopper.cancel()

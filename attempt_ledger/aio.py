@@ -25,8 +25,9 @@ from ._errors import LockTimeout
 from ._ledger import AttemptLedger
 from ._protocol import AsyncLedger
 from ._reader import iter_records, read_last_seq
-from ._reconcile import AsyncWaiter, Chunks, afollow_with, areconcile, file_reader
+from ._reconcile import Chunks, afollow_with, areconcile, file_reader
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+from ._watch import AsyncWaiter
 
 __all__ = ["AsyncAttemptLedger"]
 
