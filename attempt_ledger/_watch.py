@@ -42,6 +42,7 @@ if INotify is not None:
     )
     # The watched directory itself went away: every ticket on it must look again.
     _GONE: int = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED | flags.UNMOUNT
+    _REMOVED: int = flags.DELETE | flags.MOVED_FROM
     _IGNORED: int = flags.IGNORED
     _OVERFLOW: int = flags.Q_OVERFLOW
 
@@ -54,12 +55,14 @@ _IDLE = 1.0
 
 
 class Ticket:
-    """One waiter's interest in one name in one watched directory."""
+    """One waiter's interest in one name in one watched directory. ``reusable`` while it
+    watches the ledger's own directory and that directory has not gone: a waiter then keeps
+    it from one wait to the next instead of arming a new one."""
 
-    __slots__ = ("name", "wake", "wd")
+    __slots__ = ("name", "reusable", "wake", "wd")
 
-    def __init__(self, wd: int, name: str, wake: Callable[[], None]) -> None:
-        self.wd, self.name, self.wake = wd, name, wake
+    def __init__(self, wd: int, name: str, wake: Callable[[], None], reusable: bool) -> None:
+        self.wd, self.name, self.wake, self.reusable = wd, name, wake, reusable
 
 
 def watch_target(path: Path) -> tuple[Path, str]:
@@ -104,8 +107,9 @@ class Hub:
                     return None
                 # A directory on the way made before the watch was in place would hide what
                 # happens inside it: watch that one instead.
-                if directory == path.parent or watch_target(path)[0] == directory:
-                    ticket = Ticket(wd, name, wake)
+                own = directory == path.parent
+                if own or watch_target(path)[0] == directory:
+                    ticket = Ticket(wd, name, wake, own)
                     self.tickets.setdefault(wd, set()).add(ticket)
                     return ticket
                 if wd not in self.tickets:
@@ -142,7 +146,13 @@ class Hub:
                 if group is None:
                     continue
                 gone = event.mask & _GONE
+                # A name removed may be the last before the directory goes, and the kernel
+                # reports a directory gone only once nobody holds a file in it open: look
+                # for the directory again on the next arm.
+                removed = event.mask & _REMOVED
                 for ticket in group:
+                    if gone or removed:
+                        ticket.reusable = False
                     if gone or ticket.name == event.name:
                         ticket.wake()
                 if event.mask & _IGNORED:  # the kernel dropped the watch: so do we
@@ -254,6 +264,10 @@ class _Armed:
         self._ticket: Ticket | None = None
 
     def arm(self) -> None:
+        ticket = self._ticket
+        if ticket is not None and ticket.reusable:
+            self._woken.clear()  # before the read: what lands after it sets it again
+            return
         self.disarm()
         self._woken.clear()
         if self._watch is not None:

@@ -129,6 +129,24 @@ def test_a_ledger_removed_and_recreated(root: Path, armed: threading.Semaphore) 
         assert follower.join() == [1, 2, 3]
 
 
+def test_a_directory_removed_while_a_file_in_it_is_still_open(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    # The kernel reports the removed directory itself only when its files are closed: the
+    # first ledger keeps its descriptors, so only the removal of the file can tell the
+    # follower to look for the directory again (a watch kept on the old one sees nothing).
+    first = AttemptLedger(root, "run", "node")
+    first.append(1, "s", EV * 2)
+    with Follower(first, 3) as follower:
+        assert armed.acquire(timeout=30)
+        first.path.unlink()
+        first.lock_path.unlink()
+        first.path.parent.rmdir()
+        assert armed.acquire(timeout=30)  # woken by the removal, armed on what exists now
+        AttemptLedger(root, "run", "node").append(1, "s", EV * 3)
+        assert follower.join() == [1, 2, 3]
+
+
 def test_a_ledger_replaced_by_a_rename(root: Path, armed: threading.Semaphore) -> None:
     ledger = AttemptLedger(root, "run", "node")
     ledger.append(1, "s", EV)
@@ -331,3 +349,18 @@ def test_a_directory_made_while_the_watch_is_added_is_watched_instead(tmp_path: 
             hub.dispatch()
     finally:
         hub.close()
+
+
+def test_a_follower_keeps_its_watch_between_wake_ups(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    # Re-arming costs a system call a wake-up, a thousand of them for a thousand followers:
+    # a watch on the ledger's own directory is kept while that directory stays.
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    with Follower(ledger, 4) as follower:
+        assert armed.acquire(timeout=30)
+        for _ in range(3):
+            ledger.append(1, "s", EV)
+        assert follower.join() == [1, 2, 3, 4]
+    assert not armed.acquire(blocking=False)
