@@ -140,6 +140,7 @@ class Hub:
                 if event.mask & _OVERFLOW:  # events were lost: everyone looks again
                     for every in self.tickets.values():
                         for ticket in every:
+                            ticket.reusable = False  # a removal may be among the lost
                             ticket.wake()
                     continue
                 group = self.tickets.get(event.wd)

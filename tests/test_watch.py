@@ -364,3 +364,24 @@ def test_a_follower_keeps_its_watch_between_wake_ups(
             ledger.append(1, "s", EV)
         assert follower.join() == [1, 2, 3, 4]
     assert not armed.acquire(blocking=False)
+
+
+def test_an_overflowed_queue_wakes_everyone_to_look_again(root: Path) -> None:
+    # Events were lost (IN_Q_OVERFLOW): a removal may be among them.
+    hub = watch.Hub()
+    woken = [threading.Event() for _ in range(3)]
+    (root / "r").mkdir(parents=True)
+    try:
+        tickets = [
+            hub.arm(AttemptLedger(root, "r", f"n{i}").path, event.set)
+            for i, event in enumerate(woken)
+        ]
+        assert all(ticket is not None and ticket.reusable for ticket in tickets)
+        from inotify_simple import Event, flags
+
+        hub.inotify.read = lambda timeout=None: [Event(-1, flags.Q_OVERFLOW, 0, "")]
+        hub.dispatch()
+        assert all(event.is_set() for event in woken)
+        assert not any(ticket.reusable for ticket in tickets if ticket is not None)
+    finally:
+        hub.close()
