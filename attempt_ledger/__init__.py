@@ -35,7 +35,7 @@ from ._paths import (
     receipts_root_for_state_dir,
     sanitize_segment,
 )
-from ._protocol import Ledger
+from ._protocol import AsyncLedger, Ledger
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
     RECEIPT_SCHEMA_VERSION_V2,
@@ -60,6 +60,7 @@ __all__ = [
     "RECEIPT_SCHEMA_VERSION_V2",
     "ROOT_ENV",
     "AppendSummary",
+    "AsyncLedger",
     "AttemptLedger",
     "ChainProblem",
     "InvalidEvent",

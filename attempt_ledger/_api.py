@@ -152,4 +152,10 @@ def reconcile_receipts(
 
     :raises LedgerIOError: if the path exists but cannot be read.
     """
-    return reconcile(lambda: _read_last_seq(path), expected_min_seq, max_wait_ms, poll_interval_ms)
+    return reconcile(
+        lambda: _read_last_seq(path),
+        expected_min_seq,
+        max_wait_ms,
+        poll_interval_ms,
+        watch=Path(os.fspath(path)),
+    )

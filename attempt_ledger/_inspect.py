@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -24,7 +25,7 @@ from ._reader import (
     open_ledger,
     read_last_seq,
 )
-from ._reconcile import _start_offset, follow_with
+from ._reconcile import follow_with, start_offset
 from ._records import JSONValue, ReceiptEvent, ReceiptRecord
 
 _SUMMARY_WIDTH = 60
@@ -211,19 +212,17 @@ def follow_lines(
 
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
-    offset = _start_offset(path, since_seq)
-    stored = b""
+    offset = start_offset(path, since_seq)
+    read: collections.deque[tuple[ReceiptRecord, bytes]] = collections.deque()
 
     def read_after(_: int) -> Iterator[ReceiptRecord]:
-        nonlocal offset, stored
+        nonlocal offset
         for record, line, end in iter_decoded(path, offset):
             offset = end
             if record is not None and line is not None:
-                stored = line
+                read.append((record, line))
                 yield record
 
-    # follow_with consumes read_after lazily and yields a record as soon as it gets it, so at
-    # that moment ``stored`` is that record's line.
     for record in follow_with(
         read_after,
         lambda: read_last_seq(path),
@@ -233,8 +232,14 @@ def follow_lines(
         timeout=None,
         clock=time.monotonic,
         sleep=time.sleep,
+        watch=path,
     ):
-        yield record, stored
+        # The loop may read ahead, and skips seqs it has yielded: match the record it yields.
+        while read:
+            candidate, line = read.popleft()
+            if candidate is record:
+                yield record, line
+                break
 
 
 def read_events(stream: TextIO, name: str = "<stdin>") -> list[ReceiptEvent]:

@@ -14,7 +14,7 @@ import attrs
 
 from ._chain import render_chained
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
-from ._errors import LedgerIOError, SeqConflict, SeqExhausted
+from ._errors import LedgerIOError, LockTimeout, SeqConflict, SeqExhausted
 from ._files import CLOEXEC, open_regular
 from ._handles import Handles, fsync_dir, make_run_dir, write_all
 from ._locking import SidecarLock
@@ -175,6 +175,21 @@ class AttemptLedger:
             finally:
                 lock.release()
 
+    def _try_append(
+        self, batch: EncodedBatch, expected_last_seq: int | None = None
+    ) -> AppendSummary | None:
+        """:meth:`append` of an encoded batch if the lock is free at once; ``None`` if it is
+        held (asyncio's append then waits without blocking its loop)."""
+        lock = self._lock
+        try:
+            lock.acquire(0)
+        except LockTimeout:
+            return None
+        try:
+            return self._append_locked(batch, expected_last_seq)
+        finally:
+            lock.release()
+
     def _append_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None = None
     ) -> AppendSummary:
@@ -322,7 +337,13 @@ class AttemptLedger:
         :raises LedgerIOError: if the ledger exists but cannot be read.
         """
         return reconcile(
-            self.last_seq, expected_min_seq, max_wait_ms, poll_interval_ms, clock=clock, sleep=sleep
+            self.last_seq,
+            expected_min_seq,
+            max_wait_ms,
+            poll_interval_ms,
+            clock=clock,
+            sleep=sleep,
+            watch=self.path,
         )
 
     def follow(

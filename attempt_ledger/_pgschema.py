@@ -149,6 +149,9 @@ SELECT h.last_seq, CASE WHEN h.listening > 0 THEN pg_notify('{CHANNEL}', encode(
     END
 FROM h"""
 
+#: A ledger's last seq and last hash (key).
+HEAD_STATE = "SELECT last_seq, last_hash FROM attempt_ledger_heads WHERE key = %s"
+
 #: Create a ledger's head row if it has none: key, run_id, node_id.
 CREATE_HEAD = """INSERT INTO attempt_ledger_heads (run_id, node_id, last_seq, key)
     VALUES (%(r)s, %(n)s, 0, %(k)s) ON CONFLICT DO NOTHING"""

@@ -36,6 +36,7 @@ from ._pgschema import (
     APPEND_ONE,
     CHANNEL,
     CREATE_HEAD,
+    HEAD_STATE,
     LISTENING,
     MISSING_SCHEMA,
     NOT_LISTENING,
@@ -54,6 +55,7 @@ from ._verify_chain import ReceiptLedgerVerification, verify_lines
 __all__ = [
     "CHANNEL",
     "SCHEMA_VERSION",
+    "AsyncPostgresLedger",
     "LedgerConnectionError",
     "LedgerDatabaseError",
     "PostgresLedger",
@@ -195,21 +197,26 @@ class PostgresLedger(Connections):
         return APPEND, params
 
     def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
-        """After the append statement moved nothing: the last seq that refuses the batch, or
-        ``None`` if it is worth another try: the ledger had no head row (now created), its last
+        """After the append statement moved nothing: see :meth:`_refused`; creates the head row
+        if there is none."""
+        found = cursor.execute(HEAD_STATE, (self._key,)).fetchone()
+        refused_at = self._refused(found, expected, count)
+        if refused_at is None and found is None:
+            cursor.execute(CREATE_HEAD, self._ids)
+        return refused_at
+
+    def _refused(self, found: Any, expected: int | None, count: int) -> int | None:
+        """Given the head row's ``(last_seq, last_hash)`` (``None`` if there is none) after the
+        append statement moved nothing: the last seq that refuses the batch, or ``None`` if it
+        is worth another try: the ledger had no head row (the caller creates it), its last
         record is hashed (the chain is continued from now on), or its last seq has just reached
         the expected one (which takes others' commits, and seqs only grow, so the batch is soon
         appended or refused).
         """
-        found = cursor.execute(
-            "SELECT last_seq, last_hash FROM attempt_ledger_heads WHERE key = %s", (self._key,)
-        ).fetchone()
         last_seq = 0 if found is None else int(found[0])
         if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
             return last_seq
-        if found is None:
-            cursor.execute(CREATE_HEAD, self._ids)
-        elif found[1] is not None:
+        if found is not None and found[1] is not None:
             self._chained = True
         return None
 
@@ -386,3 +393,6 @@ class PostgresLedger(Connections):
 
 def _conforms(ledger: PostgresLedger) -> Ledger:
     return ledger  # mypy checks that PostgresLedger satisfies the protocol
+
+
+from ._pg_async import AsyncPostgresLedger  # noqa: E402  (built on PostgresLedger above)

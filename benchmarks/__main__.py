@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import report, scenarios
+from . import aio, report, scenarios
 
 ALL = ["ledger", "ledger_v2", "functions", "floor", "bare", "seed", "filelock", "sqlite"]
 
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("ATTEMPT_LEDGER_PG_DSN"):
         postgres(results, q, say)
-    text = report.render(results)
+    say("7. asyncio and inotify wake-ups")
+    results["aio"] = aio.run(q)
+    text = report.render(results) + aio.render(results["aio"])
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

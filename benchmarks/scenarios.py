@@ -277,13 +277,17 @@ def _reconciler(name: str, root: Path, poll_ms: int, rounds: int, ready: Any, ou
         assert summary.found
 
 
-def wakeup(poll_ms: int, rounds: int, name: str = "ledger") -> dict[str, Any]:
-    """Time from an append in this process to ``reconcile`` returning in another."""
+def wakeup(
+    poll_ms: int, rounds: int, name: str = "ledger", reconciler: Any = None
+) -> dict[str, Any]:
+    """Time from an append in this process to ``reconcile`` returning in another (run by
+    ``reconciler``, default :func:`_reconciler`)."""
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(poll_ms)
     with scratch() as root:
         ready, out = ctx.Event(), ctx.Queue()
-        child = ctx.Process(target=_reconciler, args=(name, root, poll_ms, rounds, ready, out))
+        target = reconciler or _reconciler
+        child = ctx.Process(target=target, args=(name, root, poll_ms, rounds, ready, out))
         child.start()
         ledger = CONTENDERS[name](root)
         delays = []

@@ -1,4 +1,5 @@
-"""One contract, two backends: the file ledger and the PostgreSQL ledger behave alike.
+"""One contract, two backends: the file ledger and the PostgreSQL ledger behave alike, and so
+do their asyncio twins (driven through :class:`SyncOverAsync`).
 
 The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as under
 ``scripts/with-postgres`` (which ``.ci/run`` uses); otherwise it is skipped, and says so.
@@ -6,8 +7,10 @@ The PostgreSQL half runs when ``$ATTEMPT_LEDGER_PG_DSN`` names a server, as unde
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import random
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from attempt_ledger import (
     SeqExhausted,
     encode_record,
 )
+from attempt_ledger.aio import AsyncAttemptLedger
 
 EV = [ReceiptEvent("e", {"k": [1, "é"]})]
 
@@ -32,7 +36,69 @@ EV = [ReceiptEvent("e", {"k": [1, "é"]})]
 Factory = Callable[[str, str], Any]
 
 
-@pytest.fixture(params=["file", "postgres"])
+class SyncOverAsync:
+    """An async ledger behind the blocking API, each call run to completion on the adapter's
+    own event loop: so that every contract test runs on the async classes too."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.path = inner, inner.path
+        self._loop = asyncio.new_event_loop()
+
+    def _run(self, awaitable: Any) -> Any:
+        return self._loop.run_until_complete(awaitable)
+
+    def append(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(self.inner.append(*args, **kwargs))
+
+    def last_seq(self) -> int:
+        return int(self._run(self.inner.last_seq()))
+
+    def records(self) -> Any:
+        return self._run(self.inner.records())
+
+    def iter_records(self, since_seq: int = 0) -> Iterator[Any]:
+        async def collect() -> list[Any]:
+            return [record async for record in self.inner.iter_records(since_seq)]
+
+        return iter(self._run(collect()))
+
+    def reconcile(self, *args: Any) -> Any:
+        return self._run(self.inner.reconcile(*args))
+
+    def follow(
+        self,
+        since_seq: int = 0,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        async_stop = asyncio.Event()
+        records = self.inner.follow(
+            since_seq, poll_interval=poll_interval, stop=async_stop, timeout=timeout
+        )
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    async_stop.set()
+                try:
+                    yield self._run(records.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(records.aclose())
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self.inner.aclose())
+            self._loop.close()
+
+
+def _is_file(ledger: Any) -> bool:
+    return isinstance(getattr(ledger, "inner", ledger), (AttemptLedger, AsyncAttemptLedger))
+
+
+@pytest.fixture(params=["file", "postgres", "file-async", "postgres-async"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[Any] = []
     prefix = uuid.uuid4().hex  # a fresh namespace of runs in the shared database
@@ -41,11 +107,17 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
         # raw: the ids exactly as given (the database's other ledgers may share them).
         if request.param == "file":
             ledger: Any = AttemptLedger(tmp_path, run_id, node_id)
+        elif request.param == "file-async":
+            ledger = SyncOverAsync(AsyncAttemptLedger(tmp_path, run_id, node_id))
         else:
-            from attempt_ledger.postgres import PostgresLedger
+            from attempt_ledger.postgres import AsyncPostgresLedger, PostgresLedger
 
             run = run_id if raw else f"{prefix}{run_id}"
-            ledger = PostgresLedger(request.getfixturevalue("pg_dsn"), run, node_id)
+            dsn = request.getfixturevalue("pg_dsn")
+            if request.param == "postgres":
+                ledger = PostgresLedger(dsn, run, node_id)
+            else:
+                ledger = SyncOverAsync(AsyncPostgresLedger(dsn, run, node_id))
         opened.append(ledger)
         return ledger
 
@@ -184,17 +256,21 @@ def test_nul_and_long_ids(make: Factory, run_id: str, node_id: str) -> None:
     ]
 
 
-def test_seq_exhausted(make: Factory, tmp_path: Path) -> None:
+def test_seq_exhausted(make: Factory, request: pytest.FixtureRequest) -> None:
     ledger = make("r", "n")
     ledger.append(1, "s", EV)
-    if isinstance(ledger, AttemptLedger):
+    if _is_file(ledger):
         with ledger.path.open("ab") as f:
             f.write(b'{"seq":18446744073709551614}\n')
     else:
-        ledger._connection().execute(
-            "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s",
-            (2**64 - 2, ledger._key),
-        )
+        import psycopg
+
+        inner = getattr(ledger, "inner", None)
+        key = ledger._key if inner is None else inner._core._key
+        with psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True) as conn:
+            conn.execute(
+                "UPDATE attempt_ledger_heads SET last_seq = %s WHERE key = %s", (2**64 - 2, key)
+            )
     with pytest.raises(SeqExhausted):
         ledger.append(1, "s", EV * 2)
     assert ledger.append(1, "s", EV).seq == 2**64 - 1
@@ -296,12 +372,10 @@ def test_reconcile_wakes_on_notify(pg_dsn: str, others: int) -> None:
 
 
 def test_follow_sees_new_records(make: Factory) -> None:
-    import threading
-
     ledger = make("r", "n")
     ledger.append(1, "s", EV * 3)
     # On PostgreSQL an hour-long poll: only the commit's notification can wake it in time.
-    poll = 0.01 if isinstance(ledger, AttemptLedger) else 3600.0
+    poll = 0.01 if _is_file(ledger) else 3600.0
     stop, seen, writers = threading.Event(), [], []
     for record in ledger.follow(since_seq=1, poll_interval=poll, stop=stop, timeout=60):
         seen.append(record.seq)

@@ -1,0 +1,387 @@
+"""Followers woken by inotify: one descriptor per process (per loop for asyncio), every change
+to the ledger seen (created late, appended by other processes, removed, replaced), and polling
+when the kernel refuses a watch.
+
+Every wait here has an hour-long poll interval: only a kernel wake-up can end it in time, so a
+follower that fell back to polling fails the test by its timeout instead of passing slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import multiprocessing
+import os
+import select
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import attempt_ledger._watch as watch
+from attempt_ledger import AttemptLedger, ReceiptEvent, reconcile_receipts
+from attempt_ledger.aio import AsyncAttemptLedger
+
+pytestmark = pytest.mark.skipif(watch.INotify is None, reason="inotify is Linux's")
+
+EV = [ReceiptEvent("e")]
+HOUR = 3600.0
+
+
+def inotify_fds() -> int:
+    """How many inotify descriptors this process has open."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify"
+        except OSError:
+            continue  # the listing's own descriptor, closed meanwhile
+    return count
+
+
+class Follower:
+    """``ledger.follow`` in a daemon thread (a regression must fail the test, not hang it)."""
+
+    def __init__(self, ledger: AttemptLedger, count: int, since_seq: int = 0) -> None:
+        self.seqs: list[int] = []
+        self.stop = threading.Event()
+        self.waiting = threading.Event()  # set once it waits for what is not there yet
+        self._count = count
+
+        def run() -> None:
+            for record in ledger.follow(since_seq, poll_interval=HOUR, stop=self.stop):
+                self.seqs.append(record.seq)
+                if len(self.seqs) == self._count:
+                    return
+
+        self.thread = threading.Thread(target=run, daemon=True)
+
+    def __enter__(self) -> Follower:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def join(self) -> list[int]:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), f"no wake-up: saw only {self.seqs}"
+        return self.seqs
+
+
+@pytest.fixture
+def armed(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
+    """Released each time a follower arms a ticket (that is, before it reads the ledger)."""
+    semaphore = threading.Semaphore(0)
+    real = watch.Hub.arm
+
+    def arm(self: watch.Hub, path: Path, wake: Callable[[], None]) -> Any:
+        ticket = real(self, path, wake)
+        semaphore.release()
+        return ticket
+
+    monkeypatch.setattr(watch.Hub, "arm", arm)
+    return semaphore
+
+
+def _append(root: Path, count: int) -> None:
+    AttemptLedger(root, "run", "node").append(1, "s", EV * count)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_appends_by_another_process_wake_a_follower(
+    root: Path, armed: threading.Semaphore, method: str
+) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    ctx = multiprocessing.get_context(method)
+    with Follower(ledger, 3) as follower:
+        assert armed.acquire(timeout=30)  # it read the ledger after arming: now it waits
+        child = ctx.Process(target=_append, args=(root, 2))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert follower.join() == [1, 2, 3]
+
+
+def test_a_ledger_created_after_following_starts(root: Path, armed: threading.Semaphore) -> None:
+    # Not even the root exists yet: the nearest ancestor is watched until the file appears.
+    ledger = AttemptLedger(root, "run", "node")
+    with Follower(ledger, 2) as follower:
+        assert armed.acquire(timeout=30)
+        ledger.append(1, "s", EV * 2)
+        assert follower.join() == [1, 2]
+
+
+def test_a_ledger_removed_and_recreated(root: Path, armed: threading.Semaphore) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV * 2)
+    with Follower(ledger, 3) as follower:
+        assert armed.acquire(timeout=30)
+        ledger.path.unlink()
+        ledger.lock_path.unlink()
+        ledger.path.parent.rmdir()  # the run directory goes too: its watch with it
+        assert armed.acquire(timeout=30)  # woken, it read the ledger, and waits again
+        ledger.append(1, "s", EV * 3)  # seqs 1..3 again: only the 3rd is new to the follower
+        assert follower.join() == [1, 2, 3]
+
+
+def test_a_directory_removed_while_a_file_in_it_is_still_open(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    # The kernel reports the removed directory itself only when its files are closed: the
+    # first ledger keeps its descriptors, so only the removal of the file can tell the
+    # follower to look for the directory again (a watch kept on the old one sees nothing).
+    first = AttemptLedger(root, "run", "node")
+    first.append(1, "s", EV * 2)
+    with Follower(first, 3) as follower:
+        assert armed.acquire(timeout=30)
+        first.path.unlink()
+        first.lock_path.unlink()
+        first.path.parent.rmdir()
+        assert armed.acquire(timeout=30)  # woken by the removal, armed on what exists now
+        AttemptLedger(root, "run", "node").append(1, "s", EV * 3)
+        assert follower.join() == [1, 2, 3]
+
+
+def test_a_ledger_replaced_by_a_rename(root: Path, armed: threading.Semaphore) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    other = AttemptLedger(root, "other", "node")
+    other.append(1, "s", EV * 2)
+    with Follower(ledger, 2) as follower:
+        assert armed.acquire(timeout=30)
+        os.replace(other.path, ledger.path)
+        assert follower.join() == [1, 2]
+
+
+def test_reconcile_wakes_on_an_append_in_another_thread(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    result: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: result.append(reconcile_receipts(ledger.path, 1, 60_000, 3_600_000)),
+        daemon=True,
+    )
+    waiter.start()
+    assert armed.acquire(timeout=30)
+    ledger.append(1, "s", EV)
+    waiter.join(30)
+    assert not waiter.is_alive(), "reconcile_receipts was not woken"
+    assert result[0].found  # after a read for each step of the creation it was woken by
+
+
+def test_one_descriptor_for_every_follower_in_a_process(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    before = inotify_fds()
+    ledgers = [AttemptLedger(root, "run", f"node{i % 3}") for i in range(20)]
+    followers = [Follower(ledger, 1) for ledger in ledgers]
+    for follower in followers:
+        follower.__enter__()
+    try:
+        for _ in followers:
+            assert armed.acquire(timeout=30)
+        assert inotify_fds() - before <= 1
+        for node in range(3):
+            AttemptLedger(root, "run", f"node{node}").append(1, "s", EV)
+        assert all(follower.join() == [1] for follower in followers)
+    finally:
+        for follower in followers:
+            follower.__exit__()
+
+
+def test_a_watch_limit_falls_back_to_polling(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the kernel says at max_user_watches: ENOSPC. The follower polls instead.
+    hub = watch.process_hub()
+    assert hub is not None
+
+    class Full:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def add_watch(self, path: Path, mask: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = hub.inotify
+    monkeypatch.setattr(hub, "inotify", Full())
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    seqs = []
+    for record in ledger.follow(poll_interval=0.001, timeout=60):
+        seqs.append(record.seq)
+        if record.seq == 1:
+            ledger.append(1, "s", EV)  # found by the poll: no watch could be added
+        else:
+            break
+    assert seqs == [1, 2]
+    assert ledger.reconcile(3, 5, 1).attempts >= 2  # polled to its deadline
+    assert not hub.tickets
+
+
+def test_no_inotify_instance_falls_back_to_polling(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # max_user_instances reached: no descriptor at all, for a thread or a loop.
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(watch, "_process_hub", None)
+    monkeypatch.setattr(watch, "INotify", refuse)
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    assert ledger.reconcile(2, 5, 1).attempts >= 2  # polled to its deadline
+    assert watch.process_hub() is None
+
+    async def follow() -> list[int]:
+        aledger = AsyncAttemptLedger(root, "run", "node")
+        return [record.seq async for record in aledger.follow(poll_interval=0.001, timeout=0.01)]
+
+    assert asyncio.run(follow()) == [1]
+
+
+def _follow_in_child(root: Path, out: Any) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    out.put([r.seq for r in ledger.follow(poll_interval=HOUR, timeout=0.0)])
+    out.put(ledger.reconcile(1, 60_000, 3_600_000).found)
+
+
+def test_a_fork_child_gets_its_own_descriptor(root: Path, armed: threading.Semaphore) -> None:
+    ledger = AttemptLedger(root, "run", "node")
+    with Follower(ledger, 1) as follower:  # the parent's hub is busy in a thread
+        assert armed.acquire(timeout=30)
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_follow_in_child, args=(root, out))
+        child.start()
+        try:
+            assert out.get(timeout=60) == []
+            ledger.append(1, "s", EV)  # wakes the parent's follower and the child's reconcile
+            assert out.get(timeout=60) is True
+        finally:
+            child.join(60)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        assert follower.join() == [1]
+
+
+async def _follow_many(
+    root: Path, armed: threading.Semaphore, followers: int, records: int
+) -> tuple[list[list[int]], int]:
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    before = inotify_fds()
+    seen: list[list[int]] = [[] for _ in range(followers)]
+
+    async def follow(mine: list[int]) -> None:
+        async for record in ledger.follow(poll_interval=HOUR, timeout=60):
+            mine.append(record.seq)
+            if record.seq == records:
+                return
+
+    tasks = [asyncio.create_task(follow(mine)) for mine in seen]
+    waiting = 0
+    while waiting < followers:  # a follower that armed has read the ledger and waits
+        if armed.acquire(blocking=False):
+            waiting += 1
+        else:
+            await asyncio.sleep(0)
+    writer = AttemptLedger(root, "run", "node")
+    for _ in range(records):
+        writer.append(1, "s", EV)
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    return seen, inotify_fds() - before
+
+
+def test_many_async_followers_share_one_descriptor(root: Path, armed: threading.Semaphore) -> None:
+    seen, extra = asyncio.run(_follow_many(root, armed, 100, 5))
+    assert all(mine == [1, 2, 3, 4, 5] for mine in seen)
+    assert extra <= 1
+
+
+@pytest.mark.stress
+def test_a_thousand_async_followers(root: Path, armed: threading.Semaphore) -> None:
+    seen, extra = asyncio.run(_follow_many(root, armed, 1000, 50))
+    assert all(mine == list(range(1, 51)) for mine in seen)
+    assert extra <= 1
+
+
+def test_a_closed_loop_closes_its_descriptor(root: Path) -> None:
+    before = inotify_fds()
+
+    async def reconcile() -> None:
+        ledger = AsyncAttemptLedger(root, "run", "node")
+        assert not (await ledger.reconcile(1, 1, 1)).found
+
+    for _ in range(3):
+        asyncio.run(reconcile())
+    assert inotify_fds() - before <= 1  # only the last loop's, until it is collected
+
+
+def test_a_directory_made_while_the_watch_is_added_is_watched_instead(tmp_path: Path) -> None:
+    # The run directory appears after the nearest ancestor was chosen but before its watch is
+    # in place: its CREATE is never seen, so the ancestor's watch would miss the ledger.
+    hub = watch.Hub()
+    ledger = AttemptLedger(tmp_path / "receipts", "run", "node")
+    real = hub.inotify.add_watch
+    calls: list[Path] = []
+
+    def add_watch(path: Path, mask: int) -> int:
+        wd = real(path, mask)
+        if not calls:
+            ledger.path.parent.mkdir(parents=True)
+        calls.append(Path(path))
+        return int(wd)
+
+    hub.inotify.add_watch = add_watch
+    woken = threading.Event()
+    try:
+        assert hub.arm(ledger.path, woken.set) is not None
+        assert calls == [tmp_path, ledger.path.parent]
+        ledger.append(1, "s", EV)
+        while not woken.is_set():
+            assert select.select([hub.fileno()], [], [], 30)[0], "no event for the append"
+            hub.dispatch()
+    finally:
+        hub.close()
+
+
+def test_a_follower_keeps_its_watch_between_wake_ups(
+    root: Path, armed: threading.Semaphore
+) -> None:
+    # Re-arming costs a system call a wake-up, a thousand of them for a thousand followers:
+    # a watch on the ledger's own directory is kept while that directory stays.
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    with Follower(ledger, 4) as follower:
+        assert armed.acquire(timeout=30)
+        for _ in range(3):
+            ledger.append(1, "s", EV)
+        assert follower.join() == [1, 2, 3, 4]
+    assert not armed.acquire(blocking=False)
+
+
+def test_an_overflowed_queue_wakes_everyone_to_look_again(root: Path) -> None:
+    # Events were lost (IN_Q_OVERFLOW): a removal may be among them.
+    hub = watch.Hub()
+    woken = [threading.Event() for _ in range(3)]
+    (root / "r").mkdir(parents=True)
+    try:
+        tickets = [
+            hub.arm(AttemptLedger(root, "r", f"n{i}").path, event.set)
+            for i, event in enumerate(woken)
+        ]
+        assert all(ticket is not None and ticket.reusable for ticket in tickets)
+        from inotify_simple import Event, flags
+
+        hub.inotify.read = lambda timeout=None: [Event(-1, flags.Q_OVERFLOW, 0, "")]
+        hub.dispatch()
+        assert all(event.is_set() for event in woken)
+        assert not any(ticket.reusable for ticket in tickets if ticket is not None)
+    finally:
+        hub.close()
