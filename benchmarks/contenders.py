@@ -103,6 +103,25 @@ class LedgerObject(Contender):
         self.ledger.close()
 
 
+class LedgerFsyncInLock(LedgerObject):
+    """``AttemptLedger`` in durable mode as it was before group commit: the fsync inside the
+    lock (what ``_append_locked``, for callers that hold the lock, still does)."""
+
+    name = "attempt_ledger, fsync inside the lock"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        from attempt_ledger._codec import encode_batch
+
+        ledger = self.ledger
+        assert isinstance(ledger, AttemptLedger)
+        batch = encode_batch(ledger.path, RUN, ledger.node_id, 1, "bench", events)
+        ledger._lock.acquire()
+        try:
+            return ledger._append_locked(batch).seq
+        finally:
+            ledger._lock.release()
+
+
 class Postgres(LedgerObject):
     """``PostgresLedger`` on the server ``$ATTEMPT_LEDGER_PG_DSN`` names (scripts/with-postgres
     starts one); each benchmark directory gets its own run id, so runs never share a ledger."""
@@ -327,4 +346,5 @@ CONTENDERS: dict[str, type[Contender]] = {
     "filelock": FileLockPerAppend,
     "sqlite": SQLiteWAL,
     "postgres": Postgres,
+    "ledger_lockfsync": LedgerFsyncInLock,
 }

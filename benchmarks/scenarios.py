@@ -99,8 +99,11 @@ def single_process(
 # -- 2. contention --------------------------------------------------------------------------------
 
 
-def _contend(name: str, root: Path, count: int, start: Any, out: Any, node: str = NODE) -> None:
-    contender = CONTENDERS[name](root, node=node) if node != NODE else CONTENDERS[name](root)
+def _contend(
+    name: str, root: Path, count: int, start: Any, out: Any, node: str = NODE, durable: bool = False
+) -> None:
+    options = {"node": node} if node != NODE else {}
+    contender = CONTENDERS[name](root, durable=durable, **options)  # type: ignore[arg-type]
     batch = events(1)
     start.wait(timeout=JOIN)
     began = time.monotonic()
@@ -109,14 +112,14 @@ def _contend(name: str, root: Path, count: int, start: Any, out: Any, node: str 
     contender.close()
 
 
-def contention(name: str, processes: int, count: int) -> dict[str, Any]:
+def contention(name: str, processes: int, count: int, durable: bool = False) -> dict[str, Any]:
     """``processes`` processes append ``count`` 1-event batches each to one ledger."""
     ctx = multiprocessing.get_context("fork")
     with scratch() as root:
         CONTENDERS[name](root).close()  # create the storage (SQLite's schema) before the race
         start, out = ctx.Barrier(processes), ctx.Queue()
         children = [
-            ctx.Process(target=_contend, args=(name, root, count, start, out))
+            ctx.Process(target=_contend, args=(name, root, count, start, out, NODE, durable))
             for _ in range(processes)
         ]
         results = collect(children, out)
@@ -134,7 +137,12 @@ def contention(name: str, processes: int, count: int) -> dict[str, Any]:
 
 
 def contention_matrix(
-    names: list[str], process_counts: list[int], appends: int, repeats: int
+    names: list[str],
+    process_counts: list[int],
+    appends: int,
+    repeats: int,
+    *,
+    durable: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Every contender at every process count, ``repeats`` times in shuffled order.
 
@@ -147,7 +155,8 @@ def contention_matrix(
         for processes in process_counts:
             for name in random.sample(names, len(names)):
                 count = (appends // 10 if name == "filelock" else appends) // processes
-                runs[name][processes].append(contention(name, processes, max(count, 1)))
+                run = contention(name, processes, max(count, 1), durable)
+                runs[name][processes].append(run)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         out[name] = {}
@@ -161,6 +170,15 @@ def contention_matrix(
                 **middle,
                 "ratio": statistics.median(ratios),
                 "exact": all(r["exact"] for r in mine),
+                # Against every other contender, in the same repeats (the durable targets).
+                "vs": {
+                    other: statistics.median(
+                        m["appends_per_s"] / o["appends_per_s"]
+                        for m, o in zip(mine, runs[other][processes], strict=True)
+                    )
+                    for other in names
+                    if other != name
+                },
             }
     return out
 
