@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._errors import InvalidEvent, SeqConflict
-from ._fastjson import dump_plain
+from ._fastjson import dump_plain, load_quick
 from ._floats import REPR_DIFFERS, dump_json
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
@@ -407,13 +407,17 @@ def _raw_decode(text: str) -> tuple[object, int]:
     return _decoder.raw_decode(text)
 
 
-def _load(line: bytes) -> object:
+def _load(line: bytes, quick: bool = False) -> object:
     # Cheap refusals first, so that scanning garbage does not decode it.
     if not could_open_object(line[:64]) or not line.rstrip(_SPACE).endswith(b"}"):
         return None
     # Deeper than upstream can read is not a line, whatever this interpreter could parse.
     if nests_too_deep(line):
         return None
+    if quick:  # orjson accepts no line the reference refuses; only the seq is taken from it
+        obj = load_quick(line)
+        if obj is not None:
+            return obj
     try:
         # raw_decode skips decode()'s whitespace regexes; JSON's own whitespace is stripped here.
         text = line.decode("utf-8").strip(" \t\r")
@@ -432,7 +436,7 @@ def line_seq(line: bytes) -> int | None:
     A valid line is UTF-8 text holding one JSON object whose ``seq`` is an int (not a bool,
     float or string) in ``0..2**64-1``.
     """
-    obj = _load(line)
+    obj = _load(line, quick=True)
     if type(obj) is not dict:
         return None
     seq = obj.get("seq")
