@@ -165,8 +165,7 @@ class DurabilityUnknown(LedgerError):
         self.cause = cause
         super().__init__(
             path,
-            f"records written as seqs {first_seq}..{last_seq}; durability unknown: {cause}"
-            " after the lock was released, and the ledger has grown since, so they stay",
+            f"records written as seqs {first_seq}..{last_seq}; durability unknown: {cause}",
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -114,8 +114,11 @@ class Unsynced:
     end: int
 
 
-def unknown_durability(summary: AppendSummary, error: OSError) -> DurabilityUnknown:
-    """The error of an append whose records stay in the file, unsynced after ``error``."""
+def unknown_durability(summary: AppendSummary, error: OSError, why: str) -> DurabilityUnknown:
+    """The error of an append whose records stay in the file, unsynced after ``error``.
+
+    :param why: why they could not be taken back.
+    """
     first = summary.seq - summary.record_count + 1
-    cause = f"fsync failed: {error.strerror or error}"
+    cause = f"fsync failed ({error.strerror or error}) and they could not be taken back: {why}"
     return DurabilityUnknown(summary.path, first, summary.seq, error.errno, cause)

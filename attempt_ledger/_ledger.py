@@ -268,8 +268,9 @@ class AttemptLedger:
         try:
             if relock:
                 lock.acquire(self.lock_timeout)
-        except LedgerError:
-            raise unknown_durability(summary, error) from error
+        except LedgerError as lock_error:
+            why = f"the lock could not be taken again ({lock_error.reason})"
+            raise unknown_durability(summary, error, why) from error
         try:
             fd = handles.fd
             try:
@@ -282,7 +283,8 @@ class AttemptLedger:
             except OSError:
                 ends_file = False
             if fd is None or not ends_file:
-                raise unknown_durability(summary, error) from error
+                why = "another writer has appended since"
+                raise unknown_durability(summary, error, why) from error
             handles.known = None
             self._roll_back(fd, unsynced.start, error)
         finally:

@@ -357,3 +357,28 @@ def test_a_fork_child_syncs_through_its_own_descriptor(children: list[Any], root
     assert ledger._handles.sync is parent_sync
     assert not parent_sync.inherited  # type: ignore[union-attr]
     assert ledger.append(1, "s", EV).seq == 3
+
+
+def test_a_failed_fsync_when_the_lock_cannot_be_had_again_says_so(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True, lock_timeout=0)
+    ledger.append(1, "s", EV)
+    holder = os.open(ledger.lock_path, os.O_RDONLY)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == ledger._handles.fd:
+            fcntl.flock(holder, fcntl.LOCK_EX)  # another writer takes the lock meanwhile
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        with pytest.raises(DurabilityUnknown, match="lock could not be taken again") as info:
+            ledger.append(1, "s", EV)
+    finally:
+        os.close(holder)
+    assert (info.value.first_seq, info.value.last_seq) == (2, 2)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert ledger.append(1, "s", EV).seq == 3
