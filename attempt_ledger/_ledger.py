@@ -283,7 +283,7 @@ class AttemptLedger:
             except OSError:
                 ends_file = False
             if fd is None or not ends_file:
-                why = "another writer has appended since"
+                why = "the ledger has changed since (another writer appended, or it was moved)"
                 raise unknown_durability(summary, error, why) from error
             handles.known = None
             self._roll_back(fd, unsynced.start, error)
