@@ -300,7 +300,19 @@ def flaky_appender(root: Path, worker: int, rounds: int, start: Any, results: An
 def test_processes_with_failing_fsyncs_get_the_truth(
     ctx: BaseContext, children: list[Any], root: Path
 ) -> None:
-    workers, rounds = 3, 30
+    _failing_fsyncs_from_processes(ctx, children, root, 3, 30)
+
+
+@pytest.mark.stress
+def test_many_processes_with_failing_fsyncs_get_the_truth(
+    ctx: BaseContext, children: list[Any], root: Path
+) -> None:
+    _failing_fsyncs_from_processes(ctx, children, root, 8, 300)
+
+
+def _failing_fsyncs_from_processes(
+    ctx: BaseContext, children: list[Any], root: Path, workers: int, rounds: int
+) -> None:
     start, results = ctx.Barrier(workers), ctx.Queue()
     for worker in range(workers):
         process = ctx.Process(  # type: ignore[attr-defined]
