@@ -16,6 +16,7 @@ from ._api import (
 from ._chain import encode_chained_record
 from ._codec import encode_record
 from ._errors import (
+    DurabilityUnknown,
     InvalidEvent,
     LedgerError,
     LedgerIOError,
@@ -63,6 +64,7 @@ __all__ = [
     "AsyncLedger",
     "AttemptLedger",
     "ChainProblem",
+    "DurabilityUnknown",
     "InvalidEvent",
     "JSONValue",
     "Ledger",

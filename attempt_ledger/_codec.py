@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._errors import InvalidEvent, SeqConflict
+from ._fastjson import dump_plain, load_quick
 from ._floats import REPR_DIFFERS, dump_json
 from ._records import (
     RECEIPT_SCHEMA_VERSION,
@@ -38,6 +39,8 @@ RUST_WHITESPACE = (
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _EXACT_SCALARS = frozenset(_JSON_SCALARS)
+# What the fast encoder may be given: builtin JSON types themselves, no subclasses.
+_PLAIN = _EXACT_SCALARS | {dict, list, tuple}
 
 
 def rust_trim(text: str) -> str:
@@ -129,10 +132,13 @@ def _dump_checked_payload(payload: object) -> str:
         return on_fresh_stack(_dump_payload, payload)
 
 
-def _check_payload(payload: object) -> None:
+def _check_payload(payload: object) -> bool:
     # json.dumps would quietly turn {1: 2} into {"1": 2}; a receipt's payload must round-trip.
     # The depth bound also stops a self-containing payload, as no circular check runs.
+    # Returns whether every value and key is of a builtin type itself, not a subclass: only
+    # those go to the fast encoder.
     scalars = _EXACT_SCALARS
+    plain = True
     stack = [(payload, 0)]  # (value, containers around it)
     while stack:
         value, depth = stack.pop()
@@ -141,16 +147,22 @@ def _check_payload(payload: object) -> None:
                 f"payload nests more than {MAX_PAYLOAD_DEPTH} containers (or is circular); "
                 "the upstream reader could not read it"
             )
+        kind = type(value)
+        if kind not in _PLAIN:
+            plain = False
         if isinstance(value, dict):
             for key, item in value.items():
-                if type(key) is not str and not isinstance(key, str):
-                    raise ValueError(f"payload has a non-string object key {key!r}")
+                if type(key) is not str:
+                    if not isinstance(key, str):
+                        raise ValueError(f"payload has a non-string object key {key!r}")
+                    plain = False
                 if type(item) not in scalars:
                     stack.append((item, depth + 1))
         elif isinstance(value, (list, tuple)):
             stack.extend((item, depth + 1) for item in value if type(item) not in scalars)
         elif not isinstance(value, _JSON_SCALARS):
             raise ValueError(f"payload holds a {type(value).__name__}, which is not JSON")
+    return plain
 
 
 def encode_payload(payload: object) -> str:
@@ -160,10 +172,24 @@ def encode_payload(payload: object) -> str:
         nesting too deep).
     """
     _check_payload(payload)
+    return _dump_text(payload)
+
+
+def _dump_text(payload: object) -> str:
+    # The reference encoder, for a checked payload.
     try:
         return _dump_checked_payload(payload)
     except ValueError as error:
         raise ValueError(f"payload is not JSON: {error}") from None
+
+
+def _payload_bytes(payload: object) -> bytes:
+    # encode_payload's text as UTF-8: orjson's bytes where they are the same (_fastjson).
+    if _check_payload(payload):
+        data = dump_plain(payload)
+        if data is not None:
+            return data
+    return _dump_text(payload).encode()
 
 
 def check_ids(run_id: object, node_id: object, attempt: object, session_id: object) -> None:
@@ -234,11 +260,12 @@ def encode_tail(event_type: str, payload: object) -> bytes:
     """
     if not isinstance(event_type, str):
         raise ValueError(f"event_type must be str, not {type(event_type).__name__}")
-    text = f'{_quote(rust_trim(event_type))},"payload":{encode_payload(payload)}}}\n'
     try:
-        return text.encode()
+        payload_bytes = _payload_bytes(payload)
+        quoted = _quote(rust_trim(event_type)).encode()
     except UnicodeEncodeError as error:
         raise ValueError(f"event cannot be encoded as UTF-8: {error.reason}") from None
+    return b'%s,"payload":%s}\n' % (quoted, payload_bytes)
 
 
 def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:
@@ -380,13 +407,17 @@ def _raw_decode(text: str) -> tuple[object, int]:
     return _decoder.raw_decode(text)
 
 
-def _load(line: bytes) -> object:
+def _load(line: bytes, quick: bool = False) -> object:
     # Cheap refusals first, so that scanning garbage does not decode it.
     if not could_open_object(line[:64]) or not line.rstrip(_SPACE).endswith(b"}"):
         return None
     # Deeper than upstream can read is not a line, whatever this interpreter could parse.
     if nests_too_deep(line):
         return None
+    if quick:  # orjson accepts no line the reference refuses; only the seq is taken from it
+        obj = load_quick(line)
+        if obj is not None:
+            return obj
     try:
         # raw_decode skips decode()'s whitespace regexes; JSON's own whitespace is stripped here.
         text = line.decode("utf-8").strip(" \t\r")
@@ -405,7 +436,7 @@ def line_seq(line: bytes) -> int | None:
     A valid line is UTF-8 text holding one JSON object whose ``seq`` is an int (not a bool,
     float or string) in ``0..2**64-1``.
     """
-    obj = _load(line)
+    obj = _load(line, quick=True)
     if type(obj) is not dict:
         return None
     seq = obj.get("seq")

@@ -136,3 +136,37 @@ class LedgerIOError(LedgerError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.reason, self.errno)
+
+
+class DurabilityUnknown(LedgerError):
+    """A durable append wrote its records, but the fsync that was to make them durable failed
+    after the lock was released, and the ledger had grown since (another writer appended), so
+    they could not be taken back. The records are in the file as seqs ``first_seq`` to
+    ``last_seq``: readers see them and the next append numbers on after them; whether they would
+    survive a power loss is unknown. Not a :class:`LedgerIOError`, which means the file is as it
+    was: appending the same events again would write them twice.
+
+    :ivar first_seq: the seq of the first record the append wrote.
+    :ivar last_seq: the seq of its last record.
+    :ivar errno: the fsync's ``errno``; the :class:`OSError` is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        first_seq: int,
+        last_seq: int,
+        errno: int | None = None,
+        cause: str = "fsync failed",
+    ) -> None:
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.errno = errno
+        self.cause = cause
+        super().__init__(
+            path,
+            f"records written as seqs {first_seq}..{last_seq}; durability unknown: {cause}",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.first_seq, self.last_seq, self.errno, self.cause)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ._errors import LedgerIOError
+from ._groupsync import GroupSync
 
 
 def fsync_dir(path: Path) -> None:
@@ -24,7 +25,7 @@ def fsync_dir(path: Path) -> None:
 class Handles:
     """What a ledger keeps open between appends. Guarded by the lock's thread mutex."""
 
-    __slots__ = ("dev", "fd", "head", "ino", "known", "new_dirs")
+    __slots__ = ("dev", "fd", "head", "ino", "known", "new_dirs", "sync")
 
     def __init__(self) -> None:
         self.fd: int | None = None
@@ -39,9 +40,14 @@ class Handles:
         # Directories (and the ledger file) made for the ledger and not yet fsynced into their
         # parents, outermost first: durable mode fsyncs those parents.
         self.new_dirs: list[Path] = []
+        # Durable mode: the fsyncs of fd, made after the lock is released (_groupsync.py).
+        self.sync: GroupSync | None = None
 
     def close(self) -> None:
         self.known = None
+        if self.sync is not None:
+            sync, self.sync = self.sync, None
+            sync.close()  # before fd: appends waiting for an fsync of it get theirs
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)

@@ -14,8 +14,9 @@ import attrs
 
 from ._chain import render_chained
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
-from ._errors import LedgerIOError, LockTimeout, SeqConflict, SeqExhausted
+from ._errors import LedgerError, LedgerIOError, LockTimeout, SeqConflict, SeqExhausted
 from ._files import CLOEXEC, open_regular
+from ._groupsync import GroupSync, Unsynced, unknown_durability
 from ._handles import Handles, fsync_dir, make_run_dir, write_all
 from ._locking import SidecarLock
 from ._paths import lock_path_for, name_error, receipts_path
@@ -67,6 +68,8 @@ class AttemptLedger:
         and so does ``math.inf`` (or any wait longer than ``threading.TIMEOUT_MAX``).
     :param durable: fsync the ledger after every append, and its directory when the ledger is
         created, and the parent of every directory an append creates (run directory, root).
+        The ledger's fsync runs after the lock is released (group commit): an append returns
+        once an fsync that began after its write has succeeded.
     :param hash_chain: write schema-2 records, each chained to the one before by SHA-256. An
         append to a ledger whose last valid line is a hashed record continues the chain
         whatever this says: this library never breaks a chain.
@@ -155,6 +158,8 @@ class AttemptLedger:
         :raises SeqExhausted: if the batch would take seq past ``2**64 - 1``; nothing is written.
         :raises LockTimeout: if ``lock_timeout`` expires first.
         :raises LedgerIOError: if a system call fails; the file is left as it was.
+        :raises DurabilityUnknown: in durable mode, if the fsync failed after another writer had
+            appended: the records stay, as the seqs it names; their durability is unknown.
         """
         expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
         cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
@@ -169,11 +174,13 @@ class AttemptLedger:
         while True:
             lock.acquire(self.lock_timeout)
             try:
-                return self._append_locked(batch, expected_last_seq)
+                summary, unsynced = self._write_locked(batch, expected_last_seq)
+                break
             except _StaleLock:
                 lock.close()  # the lock file is no longer at its path: lock the one that is
             finally:
                 lock.release()
+        return self._await_sync(summary, unsynced, relock=True)  # durable: group commit
 
     def _try_append(
         self, batch: EncodedBatch, expected_last_seq: int | None = None
@@ -193,7 +200,16 @@ class AttemptLedger:
     def _append_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None = None
     ) -> AppendSummary:
+        """Append ``batch`` with the lock held, fsyncing (in durable mode) before returning."""
+        return self._await_sync(*self._write_locked(batch, expected_last_seq), relock=False)
+
+    def _write_locked(
+        self, batch: EncodedBatch, expected_last_seq: int | None
+    ) -> tuple[AppendSummary, Unsynced | None]:
+        # The append under the lock, without its fsync: returns what to wait for, if durable.
         handles = self._handles
+        if handles.sync is not None and handles.sync.inherited:
+            handles.close()  # a fork child: sync through a description of its own
         # One lstat of the path, where an fstat of the descriptor would do for the size: the
         # same inode means the same file, so the same size; another inode, or none, means the
         # ledger was moved, removed or replaced since we opened it: follow the path.
@@ -237,13 +253,58 @@ class AttemptLedger:
         handles.known = None
         try:
             write_all(fd, data)
-            if self.durable:
-                os.fsync(fd)
         except OSError as error:
             self._roll_back(fd, size, error)
         last_seq += count
         handles.known = (stat.st_ino, size + len(data), last_seq, last_hash)
-        return AppendSummary(self.path, last_seq, count)
+        summary = AppendSummary(self.path, last_seq, count)
+        sync = handles.sync
+        if sync is None:
+            return summary, None
+        return summary, Unsynced(sync, sync.ticket(), size, size + len(data))
+
+    def _await_sync(
+        self, summary: AppendSummary, unsynced: Unsynced | None, *, relock: bool
+    ) -> AppendSummary:
+        # Durable mode: wait for an fsync that began after the write (with or without the lock).
+        if unsynced is not None:
+            try:
+                unsynced.sync.wait(unsynced.ticket)
+            except OSError as error:
+                self._take_back(summary, unsynced, error, relock)
+        return summary
+
+    def _take_back(
+        self, summary: AppendSummary, unsynced: Unsynced, error: OSError, relock: bool
+    ) -> NoReturn:
+        # The fsync failed: under the lock (taken again if released), take the records back if
+        # they still end the file; if not, or the lock cannot be had, say what is known.
+        lock, handles = self._lock, self._handles
+        try:
+            if relock:
+                lock.acquire(self.lock_timeout)
+        except LedgerError as lock_error:
+            why = f"the lock could not be taken again ({lock_error.reason})"
+            raise unknown_durability(summary, error, why) from error
+        try:
+            fd = handles.fd
+            try:
+                ends_file = (
+                    fd is not None
+                    and handles.sync is unsynced.sync  # the file we wrote to, still open
+                    and lock.is_current()
+                    and os.fstat(fd).st_size == unsynced.end
+                )
+            except OSError:
+                ends_file = False
+            if fd is None or not ends_file:
+                why = "the ledger has changed since (another writer appended, or it was moved)"
+                raise unknown_durability(summary, error, why) from error
+            handles.known = None
+            self._roll_back(fd, unsynced.start, error)
+        finally:
+            if relock:
+                lock.release()
 
     def _read_tail(self, fd: int, size: int) -> tuple[int, bytes, str | None]:
         # The last seq, the seal to write first (if the last line is torn), the hash to chain from.
@@ -281,6 +342,8 @@ class AttemptLedger:
             fd, stat = open_regular(self._path, _OPEN_FLAGS | os.O_CREAT, "open the ledger")
             created = True
         handles.fd, handles.dev, handles.ino = fd, stat.st_dev, stat.st_ino
+        if self.durable:
+            handles.sync = GroupSync(fd)
         if created:
             handles.new_dirs.append(self.path)
         if self.durable:

@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     results["durable"] = scenarios.durable(
         ["ledger", "floor", "sqlite"], 10 if q else 300, 3 if q else 5
     )
+    say("4b. durable, N processes")
+    results["durable_contention"] = scenarios.contention_matrix(
+        ["ledger", "ledger_lockfsync", "floor", "sqlite"],
+        [1, 2, 4, 8],
+        40 if q else 1600,
+        1 if q else 3,
+        durable=True,
+    )
     say("5. reconcile wake-up")
     results["wakeup"] = {str(poll): scenarios.wakeup(poll, 5 if q else 100) for poll in (1, 10, 50)}
 

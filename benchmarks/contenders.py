@@ -118,6 +118,25 @@ def pg_dsn(durable: bool) -> str:
     return os.environ["ATTEMPT_LEDGER_PG_DURABLE_DSN" if durable else "ATTEMPT_LEDGER_PG_DSN"]
 
 
+class LedgerFsyncInLock(LedgerObject):
+    """``AttemptLedger`` in durable mode as it was before group commit: the fsync inside the
+    lock (what ``_append_locked``, for callers that hold the lock, still does)."""
+
+    name = "attempt_ledger, fsync inside the lock"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        from attempt_ledger._codec import encode_batch
+
+        ledger = self.ledger
+        assert isinstance(ledger, AttemptLedger)
+        batch = encode_batch(ledger.path, RUN, ledger.node_id, 1, "bench", events)
+        ledger._lock.acquire()
+        try:
+            return ledger._append_locked(batch).seq
+        finally:
+            ledger._lock.release()
+
+
 class Postgres(LedgerObject):
     """``PostgresLedger`` on the server of :func:`pg_dsn`; each benchmark directory gets its
     own run id, so runs never share a ledger."""
@@ -390,4 +409,5 @@ CONTENDERS: dict[str, type[Contender]] = {
     "postgres": Postgres,
     "pginsert": PostgresInsert,
     "pginsert-plain": PostgresInsertPlain,
+    "ledger_lockfsync": LedgerFsyncInLock,
 }

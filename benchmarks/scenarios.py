@@ -114,14 +114,14 @@ def _contend(
     contender.close()
 
 
-def contention(name: str, processes: int, count: int) -> dict[str, Any]:
+def contention(name: str, processes: int, count: int, durable: bool = False) -> dict[str, Any]:
     """``processes`` processes append ``count`` 1-event batches each to one ledger."""
     ctx = multiprocessing.get_context("fork")
     with scratch() as root:
         CONTENDERS[name](root).close()  # create the storage (SQLite's schema) before the race
         start, out = ctx.Barrier(processes), ctx.Queue()
         children = [
-            ctx.Process(target=_contend, args=(name, root, count, start, out))
+            ctx.Process(target=_contend, args=(name, root, count, start, out, NODE, durable))
             for _ in range(processes)
         ]
         results = collect(children, out)
@@ -139,7 +139,12 @@ def contention(name: str, processes: int, count: int) -> dict[str, Any]:
 
 
 def contention_matrix(
-    names: list[str], process_counts: list[int], appends: int, repeats: int
+    names: list[str],
+    process_counts: list[int],
+    appends: int,
+    repeats: int,
+    *,
+    durable: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Every contender at every process count, ``repeats`` times in shuffled order.
 
@@ -152,7 +157,8 @@ def contention_matrix(
         for processes in process_counts:
             for name in random.sample(names, len(names)):
                 count = (appends // 10 if name == "filelock" else appends) // processes
-                runs[name][processes].append(contention(name, processes, max(count, 1)))
+                run = contention(name, processes, max(count, 1), durable)
+                runs[name][processes].append(run)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         out[name] = {}
@@ -166,6 +172,15 @@ def contention_matrix(
                 **middle,
                 "ratio": statistics.median(ratios),
                 "exact": all(r["exact"] for r in mine),
+                # Against every other contender, in the same repeats (the durable targets).
+                "vs": {
+                    other: statistics.median(
+                        m["appends_per_s"] / o["appends_per_s"]
+                        for m, o in zip(mine, runs[other][processes], strict=True)
+                    )
+                    for other in names
+                    if other != name
+                },
             }
     return out
 

@@ -119,3 +119,23 @@ chain_histories = st.lists(
     ),
     max_size=6,
 )
+
+# Payloads the fast encoder must write as the reference does: ints past 64 bits, every finite
+# float, control characters and U+2028 in keys and strings, tuples among the containers.
+wide_scalars = st.one_of(
+    json_scalars,
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.text(st.sampled_from('\x00\x07\x1f\x7f\x85\u2028\u2029"\\/é\U0001f600e-0null')),
+)
+wide_payloads = st.recursive(
+    wide_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(
+            st.one_of(text, wide_scalars.filter(lambda v: isinstance(v, str))), children, max_size=4
+        ),
+    ),
+    max_leaves=16,
+)

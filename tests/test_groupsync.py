@@ -1,0 +1,396 @@
+"""Durable mode's group commit: the fsync after the lock's release, shared by threads, and what
+an fsync failure reports once others may have appended after the failed append."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import multiprocessing
+import os
+import pickle
+import threading
+from collections.abc import Iterator
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attempt_ledger import (
+    AttemptLedger,
+    DurabilityUnknown,
+    LedgerError,
+    LedgerIOError,
+    ReceiptEvent,
+    read_receipt_records,
+)
+from attempt_ledger._groupsync import GroupSync
+from attempt_ledger._reader import iter_records
+
+JOIN = 60
+EV = [ReceiptEvent("e", {"k": "v"})]
+
+
+def _is_ledger(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl")
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["fork", "spawn"])
+def ctx(request: pytest.FixtureRequest) -> BaseContext:
+    return multiprocessing.get_context(request.param)
+
+
+@pytest.fixture
+def children() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for process in started:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=JOIN)
+
+
+# -- GroupSync on its own -------------------------------------------------------------------------
+
+
+def test_one_fsync_covers_every_write_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    sync = GroupSync(3)
+    first, second = sync.ticket(), sync.ticket()
+    sync.wait(second)
+    sync.wait(first)  # covered by the fsync that began after both writes
+    assert calls == [3]
+    third = sync.ticket()
+    sync.wait(third)
+    assert calls == [3, 3]
+
+
+def test_a_failed_fsync_fails_every_write_it_covered_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures = [OSError(errno.EIO, "I/O error")]
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync = GroupSync(3)
+    first, second = sync.ticket(), sync.ticket()
+    with pytest.raises(OSError, match="I/O error") as own:
+        sync.wait(second)
+    assert own.value.errno == errno.EIO
+    third = sync.ticket()
+    sync.wait(third)  # a later fsync succeeds: it does not vouch for the pages the failed one lost
+    for ticket in (first, second):
+        with pytest.raises(OSError, match="I/O error"):
+            sync.wait(ticket)
+
+
+def test_close_syncs_what_is_unsynced_and_then_never_touches_the_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    sync = GroupSync(7)
+    ticket = sync.ticket()
+    sync.close()
+    assert calls == [7]
+    sync.wait(ticket)
+    sync.close()
+    assert calls == [7]
+
+
+# -- the ledger ----------------------------------------------------------------------------------
+
+
+def test_durable_append_fsyncs_after_releasing_the_lock(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)  # creates the files
+    real_fsync = os.fsync
+    lock_free: list[bool] = []
+
+    def fsync(fd: int) -> None:
+        if _is_ledger(fd):
+            probe = os.open(ledger.lock_path, os.O_RDONLY)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if held
+                fcntl.flock(probe, fcntl.LOCK_UN)
+                lock_free.append(True)
+            except BlockingIOError:
+                lock_free.append(False)
+            finally:
+                os.close(probe)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert ledger.append(1, "s", EV).seq == 2
+    assert lock_free == [True]
+
+
+def test_append_locked_still_fsyncs_before_returning(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The contract of _append_locked (callers that hold the lock): durable on return.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    batch = ledger._handles.head
+    assert batch is not None
+    from attempt_ledger._codec import encode_batch
+
+    encoded = encode_batch(ledger.path, "r", "n", 1, "s", EV)
+    ledger._lock.acquire()
+    try:
+        assert ledger._append_locked(encoded).seq == 2
+        assert len(calls) == 1  # before the lock's release
+    finally:
+        ledger._lock.release()
+
+
+def test_every_append_returns_after_an_fsync_that_began_after_its_write(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    real_fsync = os.fsync
+    done: list[int] = []  # file sizes at the start of each fsync that succeeded
+    guard = threading.Lock()
+
+    def fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        real_fsync(fd)
+        if _is_ledger(fd):
+            with guard:
+                done.append(size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    problems: list[str] = []
+    start = threading.Barrier(4)
+
+    def worker(n: int) -> None:
+        start.wait(timeout=JOIN)
+        for i in range(40):
+            seq = ledger.append(n, "s", [ReceiptEvent("e", {"n": n, "i": i})]).seq
+            end = _end_of(ledger.path, seq)
+            with guard:
+                if not any(size >= end for size in done):
+                    problems.append(f"seq {seq} acknowledged before an fsync covered it")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=JOIN)
+    assert problems == []
+    assert [r.seq for r in read_receipt_records(ledger.path)] == list(range(1, 161))
+
+
+def _end_of(path: Path, seq: int) -> int:
+    data = path.read_bytes()
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        offset += len(line)
+        if f'"seq":{seq},'.encode() in line:
+            return offset
+    raise AssertionError(f"seq {seq} not in the file")
+
+
+def test_a_failed_fsync_after_others_appended_says_what_is_known(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    other = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    real_fsync = os.fsync
+    armed = [True]
+
+    def fsync(fd: int) -> None:
+        if armed and fd == ledger._handles.fd:
+            armed.clear()
+            other.append(2, "t", EV)  # appends after our write, before our fsync fails
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DurabilityUnknown) as info:
+        ledger.append(1, "s", EV * 2)
+    error = info.value
+    assert (error.first_seq, error.last_seq, error.errno) == (2, 3, errno.EIO)
+    assert isinstance(error.__cause__, OSError)
+    assert "seqs 2..3; durability unknown" in str(error)
+    assert not isinstance(error, LedgerIOError)  # the file is not as it was: no retry
+    assert [r.seq for r in read_receipt_records(ledger.path)] == [1, 2, 3, 4]
+    assert ledger.append(1, "s", EV).seq == 5
+    ledger.close()
+    other.close()
+
+
+def test_a_failed_fsync_of_the_last_append_takes_it_back(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    before = ledger.path.read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == ledger._handles.fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV * 2)
+    assert info.value.errno == errno.EIO
+    assert ledger.path.read_bytes() == before
+
+
+def test_durability_unknown_pickles_with_its_fields() -> None:
+    error = DurabilityUnknown(Path("/x/r/n.jsonl"), 4, 6, errno.EIO, "fsync failed: EIO")
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is DurabilityUnknown
+    assert vars(clone) == vars(error)
+    assert str(clone) == str(error)
+    assert isinstance(clone, LedgerError)
+    assert str(error).startswith("/x/r/n.jsonl: records written as seqs 4..6; durability unknown")
+
+
+# -- several processes, fsyncs failing at random -------------------------------------------------
+
+
+def flaky_appender(root: Path, worker: int, rounds: int, start: Any, results: Any) -> None:
+    """Append ``rounds`` 1- or 2-event batches durably while every third ledger fsync fails;
+    report each outcome: ("ok", last seq), ("unknown", first, last) or ("failed",)."""
+    real_fsync = os.fsync
+    count = [0]
+
+    def fsync(fd: int) -> None:
+        if _is_ledger(fd):
+            count[0] += 1
+            if count[0] % 3 == worker % 3:
+                raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    os.fsync = fsync  # this process only
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    start.wait(timeout=JOIN)
+    outcomes: list[tuple[Any, ...]] = []
+    for i in range(rounds):
+        events = [ReceiptEvent("e", {"w": worker, "i": i, "k": k}) for k in range(1 + i % 2)]
+        try:
+            outcomes.append(("ok", ledger.append(worker, "s", events).seq))
+        except DurabilityUnknown as error:
+            outcomes.append(("unknown", error.first_seq, error.last_seq))
+        except LedgerIOError:
+            outcomes.append(("failed",))
+    ledger.close()
+    results.put((worker, outcomes))
+
+
+def test_processes_with_failing_fsyncs_get_the_truth(
+    ctx: BaseContext, children: list[Any], root: Path
+) -> None:
+    _failing_fsyncs_from_processes(ctx, children, root, 3, 30)
+
+
+@pytest.mark.stress
+def test_many_processes_with_failing_fsyncs_get_the_truth(
+    ctx: BaseContext, children: list[Any], root: Path
+) -> None:
+    _failing_fsyncs_from_processes(ctx, children, root, 8, 300)
+
+
+def _failing_fsyncs_from_processes(
+    ctx: BaseContext, children: list[Any], root: Path, workers: int, rounds: int
+) -> None:
+    start, results = ctx.Barrier(workers), ctx.Queue()
+    for worker in range(workers):
+        process = ctx.Process(  # type: ignore[attr-defined]
+            target=flaky_appender, args=(root, worker, rounds, start, results)
+        )
+        process.start()
+        children.append(process)
+    outcomes = dict(results.get(timeout=JOIN) for _ in range(workers))
+    for process in children:
+        process.join(timeout=JOIN)
+        assert process.exitcode == 0
+    records = list(iter_records(root / "r" / "n.jsonl"))
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    where = {(r.payload["w"], r.payload["i"], r.payload["k"]): r.seq for r in records}  # type: ignore[index]
+    assert len(where) == len(records)  # nothing written twice
+    seen = {"ok": 0, "unknown": 0, "failed": 0}
+    for worker, results_of in outcomes.items():
+        for i, outcome in enumerate(results_of):
+            seen[outcome[0]] += 1
+            keys = [(worker, i, k) for k in range(1 + i % 2)]
+            if outcome[0] == "failed":  # taken back
+                assert not any(key in where for key in keys)
+                continue
+            last = outcome[-1]
+            first = outcome[1] if outcome[0] == "unknown" else last - len(keys) + 1
+            assert [where.get(key) for key in keys] == list(range(first, last + 1))
+    assert seen["ok"]
+    assert seen["failed"]
+
+
+def test_a_fork_child_syncs_through_its_own_descriptor(children: list[Any], root: Path) -> None:
+    # The parent's open file description reports an fsync error once, to whoever asks first:
+    # a child sharing it could be told "synced" about pages the parent's failed fsync lost.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    parent_sync = ledger._handles.sync
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+
+    def child() -> None:
+        inherited = ledger._handles.sync
+        ledger.append(2, "t", EV)
+        own = ledger._handles.sync
+        results.put(
+            (inherited is not None and inherited.inherited, own is not inherited, own.inherited)  # type: ignore[union-attr]
+        )
+
+    process = ctx.Process(target=child)
+    process.start()
+    children.append(process)
+    assert results.get(timeout=JOIN) == (True, True, False)
+    process.join(timeout=JOIN)
+    assert process.exitcode == 0
+    assert ledger._handles.sync is parent_sync
+    assert not parent_sync.inherited  # type: ignore[union-attr]
+    assert ledger.append(1, "s", EV).seq == 3
+
+
+def test_a_failed_fsync_when_the_lock_cannot_be_had_again_says_so(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True, lock_timeout=0)
+    ledger.append(1, "s", EV)
+    holder = os.open(ledger.lock_path, os.O_RDONLY)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == ledger._handles.fd:
+            fcntl.flock(holder, fcntl.LOCK_EX)  # another writer takes the lock meanwhile
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        with pytest.raises(DurabilityUnknown, match="lock could not be taken again") as info:
+            ledger.append(1, "s", EV)
+    finally:
+        os.close(holder)
+    assert (info.value.first_seq, info.value.last_seq) == (2, 2)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert ledger.append(1, "s", EV).seq == 3
