@@ -24,12 +24,11 @@ import re
 
 import attrs
 
-from ._codec import (
-    EncodedBatch,
+from ._codec import EncodedBatch, encode_record
+from ._lines import (
     _decoder,
     _reject_constant,
     decode_record,
-    encode_record,
     line_seq,
     nests_too_deep,
     on_fresh_stack,

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TextIO
 
 from ._chain import record_hash_of
-from ._codec import decode_record, encode_payload, encode_tail
+from ._codec import encode_payload, encode_tail
 from ._errors import LedgerIOError
+from ._lines import decode_record
 from ._paths import iter_ledgers
 from ._reader import (
     TAIL_BLOCK,

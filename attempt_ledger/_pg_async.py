@@ -18,8 +18,9 @@ from typing import Any
 
 import psycopg
 
-from ._codec import check_expected_last_seq, decode_record, empty_append, encode_batch
+from ._codec import check_expected_last_seq, empty_append, encode_batch
 from ._errors import SeqConflict, SeqExhausted
+from ._lines import decode_record
 from ._pgschema import (
     CHANNEL,
     CREATE_HEAD,

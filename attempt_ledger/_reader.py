@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from ._chain import record_hash_of
-from ._codec import could_open_object, decode_record, line_seq
 from ._errors import LedgerIOError
 from ._files import CLOEXEC, open_regular
+from ._lines import could_open_object, decode_record, line_seq
 from ._records import ReceiptRecord
 
 #: Bytes read per step when scanning back from the end of a ledger.

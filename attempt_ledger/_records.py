@@ -17,6 +17,13 @@ RECEIPT_SCHEMA_VERSION_V2 = 2
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
 
+#: Most containers a payload may nest: with the line's own object, the 127 that serde_json (the
+#: upstream reader) parses before it gives up on a line.
+MAX_PAYLOAD_DEPTH = 126
+
+#: Most containers a valid line may nest, its own object included: what upstream can read.
+MAX_LINE_DEPTH = MAX_PAYLOAD_DEPTH + 1
+
 #: A JSON value as :func:`json.loads` returns it.
 JSONValue: TypeAlias = Union[bool, int, float, str, "list[JSONValue]", "dict[str, JSONValue]", None]
 

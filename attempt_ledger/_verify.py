@@ -11,9 +11,9 @@ from pathlib import Path
 
 import attrs
 
-from ._codec import could_open_object, decode_record, line_seq
 from ._errors import LedgerError, LedgerIOError, LockTimeout
 from ._inspect import list_ledgers
+from ._lines import could_open_object, decode_record, line_seq
 from ._paths import lock_path_for, sanitize_segment
 from ._reader import iter_lines, open_ledger
 from ._verify_chain import verify_receipt_ledger

@@ -21,14 +21,9 @@ from typing import Any
 import psycopg
 
 from ._chain import chain_head
-from ._codec import (
-    EncodedBatch,
-    check_expected_last_seq,
-    decode_record,
-    empty_append,
-    encode_batch,
-)
+from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import SeqConflict, SeqExhausted
+from ._lines import decode_record
 from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
 from ._pgschema import (
     APPEND,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from attempt_ledger import ReceiptEvent, ReceiptLedgerVerification, verify_receipt_ledger
 from attempt_ledger._chain import hash_preimage, record_hash_of, render_chained
-from attempt_ledger._codec import encode_batch, line_seq
+from attempt_ledger._codec import encode_batch
+from attempt_ledger._lines import line_seq
 
 # Upstream's vectors (shared/spec/schema-v2-vectors.json), copied unchanged.
 VECTORS = json.loads((Path(__file__).parent / "data" / "schema-v2-vectors.json").read_text("utf-8"))

@@ -29,7 +29,8 @@ from attempt_ledger._chain import (
     record_hash_of,
     render_chained,
 )
-from attempt_ledger._codec import decode_record, encode_batch
+from attempt_ledger._codec import encode_batch
+from attempt_ledger._lines import decode_record
 
 from ._chain_model import (
     LINES,
@@ -396,7 +397,7 @@ def test_verify_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_a_hashed_line_nested_deeper_than_upstream_reads_is_not_a_record(tmp_path: Path) -> None:
     # The verifier's fast path must not accept what the reading rule refuses.
-    from attempt_ledger._codec import MAX_PAYLOAD_DEPTH
+    from attempt_ledger._records import MAX_PAYLOAD_DEPTH
 
     deep: object = 0
     for _ in range(MAX_PAYLOAD_DEPTH):

@@ -23,7 +23,7 @@ from attempt_ledger import (
     verify_receipt_ledger,
 )
 from attempt_ledger._chain import record_hash_of
-from attempt_ledger._codec import line_seq
+from attempt_ledger._lines import line_seq
 from attempt_ledger._records import ReceiptDraft
 
 from ._chain_model import NODE, RUN, model_append

@@ -12,19 +12,15 @@ from hypothesis import strategies as st
 
 from attempt_ledger import RECEIPT_SCHEMA_VERSION, ReceiptRecord, encode_record
 from attempt_ledger._codec import (
-    MAX_LINE_DEPTH,
-    MAX_PAYLOAD_DEPTH,
     RUST_WHITESPACE,
     _payload_encoder,
-    decode_record,
     encode_payload,
     encode_tail,
-    line_seq,
-    nests_too_deep,
     rust_trim,
 )
 from attempt_ledger._floats import dump_json
-from attempt_ledger._records import converter
+from attempt_ledger._lines import decode_record, line_seq, nests_too_deep
+from attempt_ledger._records import MAX_LINE_DEPTH, MAX_PAYLOAD_DEPTH, converter
 
 from .strategies import U64_MAX, payloads, records
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attempt_ledger import AttemptLedger, ReceiptEvent, read_last_seq, read_receipt_records
-from attempt_ledger._codec import line_seq
+from attempt_ledger._lines import line_seq
 
 from .strategies import junk_lines, text
 

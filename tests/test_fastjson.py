@@ -11,17 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attempt_ledger._codec import (
-    MAX_PAYLOAD_DEPTH,
-    _check_payload,
-    _dump_text,
-    _load,
-    encode_record,
-    encode_tail,
-    line_seq,
-)
+from attempt_ledger._codec import _check_payload, _dump_text, encode_record, encode_tail
 from attempt_ledger._fastjson import dump_plain
 from attempt_ledger._floats import format_float
+from attempt_ledger._lines import _load, line_seq
+from attempt_ledger._records import MAX_PAYLOAD_DEPTH
 
 from .strategies import records, wide_payloads
 
@@ -202,13 +196,13 @@ def test_quick_seq_on_the_lines_where_the_parsers_differ(line: bytes) -> None:
 
 def test_a_valid_line_is_read_without_the_stdlib_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     # The append's tail read after another writer's append (the two-process hand-over).
-    import attempt_ledger._codec as codec
+    import attempt_ledger._lines as lines_module
 
     def refuse(text: str) -> tuple[object, int]:
         raise AssertionError("the stdlib parser ran")
 
     line = b'{"version":1,"seq":7,"payload":{}}'
-    monkeypatch.setattr(codec, "_raw_decode", refuse)
+    monkeypatch.setattr(lines_module, "_raw_decode", refuse)
     assert line_seq(line) == 7
     with pytest.raises(AssertionError, match="stdlib parser"):
         line_seq(b'{"a":NaN,"seq":7}')  # orjson refuses: the reference decides

@@ -12,8 +12,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attempt_ledger import ReceiptRecord, encode_record
-from attempt_ledger._codec import MAX_PAYLOAD_DEPTH, encode_payload
+from attempt_ledger._codec import encode_payload
 from attempt_ledger._floats import dump_json, format_float
+from attempt_ledger._records import MAX_PAYLOAD_DEPTH
 
 from .strategies import finite_floats, float_payloads, payloads
 

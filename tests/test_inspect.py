@@ -14,8 +14,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from attempt_ledger import AttemptLedger, ReceiptEvent
-from attempt_ledger._codec import decode_record
 from attempt_ledger._inspect import last_records, print_rows, record_row
+from attempt_ledger._lines import decode_record
 from attempt_ledger._records import ReceiptRecord
 from tests.strategies import U64_MAX, file_contents, records
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path
-from attempt_ledger._codec import line_seq
+from attempt_ledger._lines import line_seq
 
 from . import _workers
 

@@ -25,7 +25,8 @@ from attempt_ledger import (
     ReceiptEvent,
     SeqConflict,
 )
-from attempt_ledger._codec import decode_record, encode_batch
+from attempt_ledger._codec import encode_batch
+from attempt_ledger._lines import decode_record
 from attempt_ledger._pgschema import id_bytes, ledger_key
 
 from .strategies import attempts, batches, ids, payloads

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attempt_ledger._codec import line_seq
+from attempt_ledger._lines import line_seq
 from attempt_ledger._reader import iter_lines, read_last_seq, scan_last_seq, tail_state
 
 from .strategies import file_contents, seq_line
