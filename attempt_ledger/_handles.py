@@ -5,9 +5,13 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from ._errors import LedgerIOError
+from ._files import CLOEXEC, open_regular
 from ._groupsync import GroupSync
+
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | CLOEXEC
 
 
 def fsync_dir(path: Path) -> None:
@@ -42,6 +46,36 @@ class Handles:
         self.new_dirs: list[Path] = []
         # Durable mode: the fsyncs of fd, made after the lock is released (_groupsync.py).
         self.sync: GroupSync | None = None
+
+    def open(self, path: Path, *, durable: bool) -> tuple[int, os.stat_result]:
+        """Open the ledger at ``path`` (creating it if missing) into these handles; never
+        through a symlink, never anything but a regular file. In durable mode the entries made
+        for it are fsynced.
+
+        :returns: the descriptor and its ``fstat``.
+        :raises LedgerIOError: naming ``path``, if it cannot be opened or its entries synced.
+        """
+        handles = self
+        created = False
+        try:
+            fd, stat = open_regular(os.fspath(path), _OPEN_FLAGS, "open the ledger")
+        except FileNotFoundError:
+            fd, stat = open_regular(os.fspath(path), _OPEN_FLAGS | os.O_CREAT, "open the ledger")
+            created = True
+        handles.fd, handles.dev, handles.ino = fd, stat.st_dev, stat.st_ino
+        if durable:
+            handles.sync = GroupSync(fd)
+        if created:
+            handles.new_dirs.append(path)
+        if durable:
+            try:
+                for made in reversed(handles.new_dirs):  # a new entry is in its parent
+                    fsync_dir(made.parent)
+            except OSError as error:
+                handles.close()  # the next append opens, and fsyncs them, again
+                raise LedgerIOError.wrap(path, "open the ledger", error) from error
+        handles.new_dirs = []
+        return fd, stat
 
     def close(self) -> None:
         self.known = None
@@ -111,3 +145,16 @@ def write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)[written:]
         while view:
             view = view[os.write(fd, view) :]
+
+
+def roll_back(path: Path, fd: int, size: int, error: OSError) -> NoReturn:
+    """Truncate the ledger at ``fd`` back to ``size`` after ``error`` failed an append, and raise.
+
+    :raises LedgerIOError: always: for ``error``, or for both it and a failed truncate.
+    """
+    try:
+        os.ftruncate(fd, size)
+    except OSError as truncate_error:
+        reason = f"append failed ({error.strerror}) and so did truncating it away"
+        raise LedgerIOError(path, f"{reason}: {truncate_error.strerror}", error.errno) from error
+    raise LedgerIOError.wrap(path, "append to the ledger", error) from error

@@ -15,41 +15,14 @@ import attrs
 from ._chain import render_chained
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerError, LedgerIOError, LockTimeout, SeqConflict, SeqExhausted
-from ._files import CLOEXEC, open_regular
-from ._groupsync import GroupSync, Unsynced, unknown_durability
-from ._handles import Handles, fsync_dir, make_run_dir, write_all
-from ._locking import SidecarLock
-from ._paths import lock_path_for, name_error, receipts_path
+from ._groupsync import Unsynced, unknown_durability
+from ._handles import Handles, make_run_dir, roll_back, write_all
+from ._locking import SidecarLock, check_timeout
+from ._paths import lock_path_for, name_error, receipts_path, to_root
 from ._protocol import Ledger
 from ._reader import iter_records, read_last_seq, tail_state
 from ._reconcile import follow, reconcile
 from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
-
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | CLOEXEC
-
-
-def _check_timeout(_: object, __: object, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"lock_timeout must be None or a number of seconds, not {value!r}")
-    if not value >= 0:  # NaN too
-        raise ValueError(f"lock_timeout must be None or >= 0, not {value!r}")
-
-
-def _to_root(value: str | os.PathLike[str]) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"root must be a str or an os.PathLike, not {type(value).__name__}")
-    try:
-        root = Path(value)
-        os.fsencode(root)
-    except TypeError:
-        raise TypeError(f"root must be a str path, not {value!r}") from None
-    except UnicodeEncodeError as error:
-        raise ValueError(f"root {value!r} cannot be encoded as a file name: {error}") from None
-    if "\x00" in str(root):
-        raise ValueError(f"root {value!r} contains a NUL character")
-    return root
 
 
 @attrs.frozen(eq=False)
@@ -82,10 +55,10 @@ class AttemptLedger:
         name may be (255 bytes; ``errno`` ``ENAMETOOLONG``), naming it.
     """
 
-    root: Path = attrs.field(converter=_to_root)
+    root: Path = attrs.field(converter=to_root)
     run_id: str
     node_id: str
-    lock_timeout: float | None = attrs.field(default=None, validator=_check_timeout, kw_only=True)
+    lock_timeout: float | None = attrs.field(default=None, validator=check_timeout, kw_only=True)
     durable: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool), kw_only=True
     )
@@ -230,7 +203,7 @@ class AttemptLedger:
             if not self._lock.is_current():
                 raise _StaleLock
             handles.close()
-            fd, stat = self._open_ledger()
+            fd, stat = self._handles.open(self.path, durable=self.durable)
         size = stat.st_size
         known = handles.known
         if known is not None and known[0] == stat.st_ino and known[1] == size:
@@ -254,7 +227,7 @@ class AttemptLedger:
         try:
             write_all(fd, data)
         except OSError as error:
-            self._roll_back(fd, size, error)
+            roll_back(self.path, fd, size, error)
         last_seq += count
         handles.known = (stat.st_ino, size + len(data), last_seq, last_hash)
         summary = AppendSummary(self.path, last_seq, count)
@@ -301,7 +274,7 @@ class AttemptLedger:
                 why = "the ledger has changed since (another writer appended, or it was moved)"
                 raise unknown_durability(summary, error, why) from error
             handles.known = None
-            self._roll_back(fd, unsynced.start, error)
+            roll_back(self.path, fd, unsynced.start, error)
         finally:
             if relock:
                 lock.release()
@@ -314,47 +287,12 @@ class AttemptLedger:
             raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
         return tail.last_seq, b"\n" if tail.torn else b"", tail.last_hash
 
-    def _roll_back(self, fd: int, size: int, error: OSError) -> NoReturn:
-        try:
-            os.ftruncate(fd, size)
-        except OSError as truncate_error:
-            reason = f"append failed ({error.strerror}) and so did truncating it away"
-            raise LedgerIOError(
-                self.path, f"{reason}: {truncate_error.strerror}", error.errno
-            ) from error
-        raise LedgerIOError.wrap(self.path, "append to the ledger", error) from error
-
     def _ledger_fd(self) -> int:
         """The ledger's descriptor, opened (and the file created) if need be. Mutex held."""
         if self._handles.fd is None:
-            self._open_ledger()
+            self._handles.open(self.path, durable=self.durable)
         assert self._handles.fd is not None
         return self._handles.fd
-
-    def _open_ledger(self) -> tuple[int, os.stat_result]:
-        # Opens the ledger (creating it if missing) into the handles; never through a symlink,
-        # never anything but a regular file. In durable mode the new entries are fsynced.
-        handles = self._handles
-        created = False
-        try:
-            fd, stat = open_regular(self._path, _OPEN_FLAGS, "open the ledger")
-        except FileNotFoundError:
-            fd, stat = open_regular(self._path, _OPEN_FLAGS | os.O_CREAT, "open the ledger")
-            created = True
-        handles.fd, handles.dev, handles.ino = fd, stat.st_dev, stat.st_ino
-        if self.durable:
-            handles.sync = GroupSync(fd)
-        if created:
-            handles.new_dirs.append(self.path)
-        if self.durable:
-            try:
-                for made in reversed(handles.new_dirs):  # a new entry is in its parent
-                    fsync_dir(made.parent)
-            except OSError as error:
-                handles.close()  # the next append opens, and fsyncs them, again
-                raise LedgerIOError.wrap(self.path, "open the ledger", error) from error
-        handles.new_dirs = []
-        return fd, stat
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -268,3 +268,17 @@ class SidecarLock:
             if held and other is not self:
                 self._close()
                 raise LockReentered(self.path)
+
+
+def check_timeout(_: object, __: object, value: float | None) -> None:
+    """Check a ``lock_timeout`` (an attrs validator): ``None`` or a number of seconds >= 0.
+
+    :raises TypeError: if it is neither ``None`` nor an ``int`` or ``float`` (a ``bool`` is not).
+    :raises ValueError: if it is negative or NaN.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"lock_timeout must be None or a number of seconds, not {value!r}")
+    if not value >= 0:  # NaN too
+        raise ValueError(f"lock_timeout must be None or >= 0, not {value!r}")

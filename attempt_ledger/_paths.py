@@ -143,3 +143,23 @@ def receipt_path_for_state_dir(
 ) -> Path:
     """Return the ledger path for (run, node) under a state directory."""
     return receipts_path(receipts_root_for_state_dir(state_dir), run_id, node_id)
+
+
+def to_root(value: str | os.PathLike[str]) -> Path:
+    """Check and convert a receipts root given by a caller.
+
+    :raises TypeError: if it is not a ``str`` or an ``os.PathLike`` of ``str``.
+    :raises ValueError: if it holds a NUL or cannot be encoded as a file name.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"root must be a str or an os.PathLike, not {type(value).__name__}")
+    try:
+        root = Path(value)
+        os.fsencode(root)
+    except TypeError:
+        raise TypeError(f"root must be a str path, not {value!r}") from None
+    except UnicodeEncodeError as error:
+        raise ValueError(f"root {value!r} cannot be encoded as a file name: {error}") from None
+    if "\x00" in str(root):
+        raise ValueError(f"root {value!r} contains a NUL character")
+    return root

@@ -25,8 +25,7 @@ import attrs
 
 from ._errors import LedgerIOError
 from ._inspect import last_records
-from ._ledger import _check_timeout
-from ._locking import SidecarLock
+from ._locking import SidecarLock, check_timeout
 from ._paths import LEDGER_SUFFIX, LOCK_SUFFIX, iter_ledgers, lock_path_for, sanitize_segment
 
 # Called under a ledger's lock before it is removed: a reason to keep it, or None.
@@ -114,7 +113,7 @@ def remove_ledger_file(
     path = Path(path)
     if not path.name.endswith(LEDGER_SUFFIX):
         raise ValueError(f"{path}: not a ledger's path (its name does not end in {LEDGER_SUFFIX})")
-    _check_timeout(None, None, lock_timeout)
+    check_timeout(None, None, lock_timeout)
     return _remove_ledger(path, lock_timeout, None)
 
 
@@ -131,7 +130,7 @@ def remove_run_dir(path: str | os.PathLike[str], *, lock_timeout: float | None =
         not followed), a ledger or lock file in it is not a regular file or has another hard
         link, or a system call fails.
     """
-    _check_timeout(None, None, lock_timeout)
+    check_timeout(None, None, lock_timeout)
     return _remove_run(Path(path), lock_timeout, None)
 
 
