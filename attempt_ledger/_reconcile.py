@@ -37,8 +37,19 @@ def reconcile(
     :param clock: monotonic seconds; replace it (with ``sleep``) to test without waiting.
     :param stop: when set, the loop returns (not found) at once, even mid-sleep when ``sleep``
         is the default.
+    :raises TypeError: if a number is not an ``int`` or ``float`` (a ``bool`` neither).
+    :raises ValueError: if a number is NaN (a NaN deadline would never pass).
     :raises OSError: if reading the ledger fails.
     """
+    for name, value in (
+        ("expected_min_seq", expected_min_seq),
+        ("max_wait_ms", max_wait_ms),
+        ("poll_interval_ms", poll_interval_ms),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, not {value!r}")
+        if value != value:  # NaN: every comparison with the deadline is False
+            raise ValueError(f"{name} must be a number, not NaN")
     start = clock()
     target = max(expected_min_seq, 1)
     poll = max(poll_interval_ms, 1) / 1000
