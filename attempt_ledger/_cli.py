@@ -233,6 +233,8 @@ def _append(args: argparse.Namespace, root: Path) -> int:
             payload = None if args.payload is None else json.loads(args.payload)
         except ValueError as error:
             raise UsageError(f"--payload is not JSON: {error}") from None
+        except RecursionError:  # nested past the stack: far past what a payload may nest
+            raise UsageError("--payload is not JSON this library reads: nested too deep") from None
         events = [ReceiptEvent(args.event_type, payload)]
     else:
         if args.payload is not None:

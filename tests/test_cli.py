@@ -629,3 +629,13 @@ def test_append_with_stdin_closed(root: Path) -> None:
         check=False,
     )
     one_line_error(done, 2, "stdin is closed")
+
+
+def test_input_nested_past_the_stack_is_bad_input(root: Path) -> None:
+    # json.loads raised RecursionError, which came out as a traceback (exit 1).
+    deep = "[" * 100_000 + "]" * 100_000
+    done = run(root, *APPEND_R_N, stdin='{"event_type": "a", "payload": ' + deep + "}\n")
+    one_line_error(done, 2, "<stdin> line 1", "nested too deep")
+    done = run(root, *APPEND_R_N, "--event-type", "a", "--payload", "[" * 50_000)
+    one_line_error(done, 2, "--payload", "nested too deep")
+    assert not receipts_path(root, "r", "n").exists()
