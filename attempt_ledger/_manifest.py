@@ -45,7 +45,10 @@ class ReceiptLedgerManifest:
 
         :raises ValueError: if ``text`` is not such an object.
         """
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except RecursionError:  # nested past the stack: no manifest
+            raise ValueError("a manifest is a JSON object, not text nested this deep") from None
         if not isinstance(obj, dict):
             raise ValueError("a manifest is a JSON object")
         obj.setdefault("valid", obj.get("root_hash") is not None)
@@ -89,10 +92,14 @@ def check_receipt_ledger_manifest(
     ``root_hash_not_found``). Records appended since the manifest was made are fine.
 
     :param path: the ledger; by default the manifest's ``ledger_path``.
+    :raises TypeError: if ``manifest`` is not a :class:`ReceiptLedgerManifest`.
     :raises ValueError: if the manifest holds no root hash (its ledger was not a valid hashed
         ledger), so there is nothing to check against.
     :raises LedgerIOError: if the path cannot be read.
     """
+    if not isinstance(manifest, ReceiptLedgerManifest):
+        kind = type(manifest).__name__
+        raise TypeError(f"manifest must be a ReceiptLedgerManifest (see from_json), not {kind}")
     if manifest.root_hash is None:
         raise ValueError("the manifest holds no root hash: its ledger was not valid and hashed")
     target = manifest.ledger_path if path is None else path

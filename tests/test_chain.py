@@ -418,3 +418,16 @@ def test_a_hashed_line_nested_deeper_than_upstream_reads_is_not_a_record(tmp_pat
     result = verify_receipt_ledger(path)
     assert result.record_count == 0
     assert not result.valid
+
+
+def test_manifest_functions_refuse_wrong_types_and_deep_text(tmp_path: Path) -> None:
+    # from_json raised RecursionError (documented: ValueError); a dict or a path given as the
+    # manifest raised AttributeError.
+    with pytest.raises(ValueError, match="manifest"):
+        ReceiptLedgerManifest.from_json("[" * 100_000)
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(chain(1))
+    saved = json.loads(receipt_ledger_manifest(path).to_json())
+    for wrong in (None, saved, str(path)):
+        with pytest.raises(TypeError, match="ReceiptLedgerManifest"):
+            check_receipt_ledger_manifest(wrong)  # type: ignore[arg-type]
