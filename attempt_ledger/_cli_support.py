@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._errors import LedgerIOError
+from ._files import _not_regular
 from ._records import U32_MAX, U64_MAX
 
 USAGE, FAILURE = 2, 3
@@ -85,14 +86,14 @@ def json_text(obj: Any) -> str:
 
 
 def existing(path: Path, *, required: bool = True) -> Path:
-    """Check the ledger at ``path`` is a regular file (opening a FIFO would block), or missing
-    when not ``required``.
+    """Check the ledger at ``path`` is a regular file (opening a FIFO would block; a symbolic
+    link is never followed), or missing when not ``required``.
 
     :raises UsageError: if it is missing and ``required``.
     :raises LedgerIOError: if it is not a regular file, or cannot be looked up.
     """
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode  # a symlink is named as one, dangling or not
     except FileNotFoundError:
         if required:
             raise UsageError(f"{path}: no such ledger") from None
@@ -100,7 +101,7 @@ def existing(path: Path, *, required: bool = True) -> Path:
     except OSError as error:
         raise LedgerIOError.wrap(path, "open the ledger", error) from error
     if not stat.S_ISREG(mode):
-        raise LedgerIOError(path, "cannot open the ledger: not a regular file")
+        raise _not_regular(path, mode, None)
     return path
 
 

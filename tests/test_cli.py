@@ -639,3 +639,15 @@ def test_input_nested_past_the_stack_is_bad_input(root: Path) -> None:
     done = run(root, *APPEND_R_N, "--event-type", "a", "--payload", "[" * 50_000)
     one_line_error(done, 2, "--payload", "nested too deep")
     assert not receipts_path(root, "r", "n").exists()
+
+
+@pytest.mark.parametrize("command", ["show", "tail", "verify", "manifest", "last-seq"])
+def test_a_dangling_symlink_at_the_ledger_is_named_as_a_symlink(root: Path, command: str) -> None:
+    # The check followed the link: a dangling one read as "no such ledger" (exit 2), while an
+    # append refuses the same path as a symbolic link; last-seq printed 0.
+    path = receipts_path(root, "r", "n")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(root / "elsewhere.jsonl")
+    done = run(root, command, "r", "n")
+    one_line_error(done, 3, str(path), "symbolic link")
+    assert not (root / "elsewhere.jsonl").exists()
