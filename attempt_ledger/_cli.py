@@ -34,6 +34,7 @@ from ._cli_support import (
     json_text,
     ledger_args,
     number,
+    one_line,
     one_or_all,
     root_dir,
 )
@@ -133,10 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, root)
     except UsageError as error:
-        print(f"attempt-ledger: {error}", file=sys.stderr)
+        print(f"attempt-ledger: {one_line(error)}", file=sys.stderr)
         return USAGE
     except (LedgerError, Failure) as error:
-        print(f"attempt-ledger: {error}", file=sys.stderr)
+        print(f"attempt-ledger: {one_line(error)}", file=sys.stderr)
         return FAILURE
     except BrokenPipeError:  # `attempt-ledger show ... | head`
         sys.stderr.close()

@@ -85,6 +85,14 @@ def json_text(obj: Any) -> str:
     return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: the database driver's span lines (a hint below)."""
+    return _LINE_BREAKS.sub(" ", str(error).strip())
+
+
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+\s*")
+
+
 def existing(path: Path, *, required: bool = True) -> Path:
     """Check the ledger at ``path`` is a regular file (opening a FIFO would block; a symbolic
     link is never followed), or missing when not ``required``.

@@ -651,3 +651,12 @@ def test_a_dangling_symlink_at_the_ledger_is_named_as_a_symlink(root: Path, comm
     done = run(root, command, "r", "n")
     one_line_error(done, 3, str(path), "symbolic link")
     assert not (root / "elsewhere.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [["pg-migrate"], ["from-postgres", "r", "n"]])
+def test_a_database_error_is_one_line(root: Path, command: list[str]) -> None:
+    # psycopg's connection errors carry a hint on a second line, printed as it was.
+    pytest.importorskip("psycopg")
+    done = run(root, *command, "--dsn", "host=/nonexistent dbname=x")
+    one_line_error(done, 3, "attempt-ledger: ", "Is the server running")
+    assert not root.exists() or not any(root.rglob("*.jsonl"))
