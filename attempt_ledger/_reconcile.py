@@ -18,6 +18,19 @@ from ._records import ReceiptRecord, ReconcileSummary
 _EPSILON = 1e-9
 
 
+def check_number(name: str, value: object, kinds: tuple[type, ...] = (int, float)) -> None:
+    """Check an argument of the waiting loops before any I/O: a number of ``kinds``.
+
+    :raises TypeError: if ``value`` is not one (a ``bool`` is not).
+    :raises ValueError: if it is NaN (a NaN deadline never passes: every comparison is False).
+    """
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join(kind.__name__ for kind in kinds)
+        raise TypeError(f"{name} must be {wanted}, not {value!r}")
+    if value != value:
+        raise ValueError(f"{name} must be a number, not NaN")
+
+
 def reconcile(
     read_seq: Callable[[], int],
     expected_min_seq: int,
@@ -41,15 +54,9 @@ def reconcile(
     :raises ValueError: if a number is NaN (a NaN deadline would never pass).
     :raises OSError: if reading the ledger fails.
     """
-    for name, value in (
-        ("expected_min_seq", expected_min_seq),
-        ("max_wait_ms", max_wait_ms),
-        ("poll_interval_ms", poll_interval_ms),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, not {value!r}")
-        if value != value:  # NaN: every comparison with the deadline is False
-            raise ValueError(f"{name} must be a number, not NaN")
+    check_number("expected_min_seq", expected_min_seq)
+    check_number("max_wait_ms", max_wait_ms)
+    check_number("poll_interval_ms", poll_interval_ms)
     start = clock()
     target = max(expected_min_seq, 1)
     poll = max(poll_interval_ms, 1) / 1000
@@ -86,8 +93,16 @@ def follow(
     ends when ``stop`` is set or ``timeout`` seconds (monotonic) pass without being stopped
     early by either; ``None`` for both follows until the consumer stops iterating.
 
+    :raises TypeError: if an argument is of the wrong kind (as :meth:`PostgresLedger.follow`).
+    :raises ValueError: if a number is NaN.
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
+    check_number("since_seq", since_seq, (int,))
+    check_number("poll_interval", poll_interval)
+    if timeout is not None:
+        check_number("timeout", timeout)
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise TypeError(f"stop must be a threading.Event or None, not {stop!r}")
     offset = _start_offset(path, since_seq)
 
     def read_after(_: int) -> Iterator[ReceiptRecord]:
