@@ -224,8 +224,9 @@ def verify_receipt_ledger(
 ) -> ReceiptLedgerVerification:
     """Verify the ledger at ``path``: seqs, every line's hash over its own bytes, the chain.
 
-    Streams the file once; memory is bounded by its longest line. Verifies what the file held
-    when it was opened; an append in flight then shows as a ``torn_tail``.
+    Streams the file once; memory is bounded by its longest line. Verifies the whole lines the
+    file held when it was opened: an append in flight then, whole by the time it is read, is
+    left out, not taken for a ``torn_tail``.
 
     :param expected_root_hash: a root hash saved earlier (see :func:`receipt_ledger_manifest`):
         some record must have it, or the ledger was truncated before it or rewritten since.
@@ -256,7 +257,10 @@ def verify_receipt_ledger(
         size = os.fstat(fd).st_size  # the snapshot verified: later appends are not read
         for line, line_end in iter_lines(fd):
             if line_end > size:
-                break  # appended after the file was opened
+                # Appended after the file was opened. Bytes of it already there then were an
+                # append in flight, now a whole line: not a torn tail.
+                size = end
+                break
             number += 1
             end = line_end
             judged = None if line is None else fast.judge(line)

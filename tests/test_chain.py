@@ -431,3 +431,34 @@ def test_manifest_functions_refuse_wrong_types_and_deep_text(tmp_path: Path) -> 
     for wrong in (None, saved, str(path)):
         with pytest.raises(TypeError, match="ReceiptLedgerManifest"):
             check_receipt_ledger_manifest(wrong)  # type: ignore[arg-type]
+
+
+def test_an_append_in_flight_when_verify_opens_the_file_is_not_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verify takes the file's size, then reads. A writer's line half written at that moment (a
+    # line across a page boundary is visible in part) was reported as a torn tail, so a healthy
+    # ledger being appended to verified invalid and its manifest had no root hash.
+    import attempt_ledger._verify_chain as verify_chain
+
+    path = tmp_path / "ledger.jsonl"
+    data = chain(2)
+    full = chain(1, data)
+    half = len(data) + (len(full) - len(data)) // 2
+    path.write_bytes(full[:half])  # the writer is half way through the third line
+    reading = verify_chain.iter_lines
+
+    def writer_finishes_first(fd: int) -> object:
+        with path.open("ab") as f:  # after verify took the size, before it reads
+            f.write(full[half:])
+        return reading(fd)
+
+    monkeypatch.setattr(verify_chain, "iter_lines", writer_finishes_first)
+    result = verify_receipt_ledger(path)
+    assert result.valid, result.problems
+    assert result.record_count == 2  # what the file held when it was opened
+    assert result.root_hash == verify_bytes(tmp_path, data).root_hash
+    # A tail torn by a crash, with nothing after it, is still one.
+    monkeypatch.setattr(verify_chain, "iter_lines", reading)
+    path.write_bytes(full[:half])
+    assert fatal(verify_receipt_ledger(path)) == ["torn_tail"]
