@@ -15,6 +15,7 @@ import time
 import attrs
 
 from ._chain import check_hash
+from ._cli_support import json_text
 from ._verify_chain import ReceiptLedgerVerification, verify_receipt_ledger
 
 
@@ -36,8 +37,12 @@ class ReceiptLedgerManifest:
     valid: bool
 
     def to_json(self) -> str:
-        """Return the manifest as one JSON object, fields in order."""
-        return json.dumps(attrs.asdict(self), ensure_ascii=False)
+        """Return the manifest as one JSON object, fields in order.
+
+        A path that is not UTF-8 (its bytes as lone surrogates) is written with ``\\u``
+        escapes, so the text can be saved as UTF-8 and read back to the same path.
+        """
+        return json_text(attrs.asdict(self))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ReceiptLedgerManifest:
@@ -73,7 +78,7 @@ def receipt_ledger_manifest(path: str | os.PathLike[str]) -> ReceiptLedgerManife
     """
     result = verify_receipt_ledger(path, max_problems=0)
     return ReceiptLedgerManifest(
-        ledger_path=os.fspath(path),
+        ledger_path=os.fsdecode(path),  # a str, for bytes paths too
         schema_version=result.schema_version,
         record_count=result.record_count,
         last_seq=result.last_seq,

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from attempt_ledger import (
@@ -462,3 +463,18 @@ def test_an_append_in_flight_when_verify_opens_the_file_is_not_a_torn_tail(
     monkeypatch.setattr(verify_chain, "iter_lines", reading)
     path.write_bytes(full[:half])
     assert fatal(verify_receipt_ledger(path)) == ["torn_tail"]
+
+
+def test_a_manifest_of_any_path_can_be_saved_and_read_back(tmp_path: Path) -> None:
+    # to_json kept a path that is not UTF-8 as lone surrogates (the text could not be written
+    # to a UTF-8 file), and a bytes path as bytes (to_json raised TypeError).
+    path = tmp_path / os.fsdecode(b"ledger-\xff.jsonl")
+    path.write_bytes(chain(2))
+    for given in (path, os.fsencode(path)):
+        manifest = receipt_ledger_manifest(given)
+        saved = tmp_path / "manifest.json"
+        saved.write_text(manifest.to_json(), encoding="utf-8")
+        again = ReceiptLedgerManifest.from_json(saved.read_bytes())
+        assert again == attrs.evolve(manifest, ledger_path=str(path))
+        assert os.fsencode(again.ledger_path) == os.fsencode(path)
+        assert check_receipt_ledger_manifest(again).valid
