@@ -62,6 +62,8 @@ def ledger_summaries(root: Path) -> Iterator[dict[str, object]]:
                 first = first or record
         try:
             size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # removed since it was listed (remove_run, prune): not a ledger now
         except OSError as error:
             raise LedgerIOError.wrap(path, "read the ledger", error) from error
         yield {
