@@ -184,3 +184,19 @@ def test_a_fifo_at_the_lock_path_is_not_waited_on(root: Path) -> None:
     ledger.path.write_bytes(_line(ledger, 1) + b'{"seq":')
     os.mkfifo(ledger.lock_path)
     assert _verify(ledger) == [f"{ledger.path}: torn-tail: 7 bytes after the last newline"]
+
+
+def test_verify_root_shares_raw_ids_across_a_runs_ledgers(root: Path) -> None:
+    # "run/1" and "run:1" share the run directory "run-1": each ledger alone is clean, the
+    # collision shows only when the run ids seen in one ledger are remembered for the next.
+    from attempt_ledger._verify import verify_root
+
+    for run_id, node_id in (("run/1", "a"), ("run:1", "b")):
+        with AttemptLedger(root, run_id, node_id) as ledger:
+            ledger.append(1, "s", [ReceiptEvent("e")])
+    problems = [str(problem) for problem in verify_root(root)]
+    second = AttemptLedger(root, "run:1", "b").path
+    assert problems == [
+        f"{second}:1: path-collision: 'run:1' shares the path with 'run/1' "
+        f"({AttemptLedger(root, 'run/1', 'a').path}:1)"
+    ]
