@@ -296,6 +296,7 @@ def test_tail_state_reads_the_last_block_once(
     [
         b'{"seq":1,"x":"\x01"}',  # a raw control byte: dropped as soon as it is seen
         b'xx{"seq":1,"pad":"' + b"p" * 40 + b'"}',  # closes like an object, opens like none
+        b'{"seq":1,"pad":"' + b"p" * 40 + b'"} x',  # opens like an object, closes like none
     ],
 )
 def test_lines_backward_gives_a_long_line_that_cannot_be_json_as_empty(
@@ -310,3 +311,45 @@ def test_lines_backward_gives_a_long_line_that_cannot_be_json_as_empty(
     finally:
         os.close(fd)
     assert lines == [b"", seq_line(2)[:-1], b"", seq_line(1)[:-1]]
+
+
+def test_the_tail_scan_starts_over_when_the_file_shrinks_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer rolling back a failed append truncates the file while the scan reads backwards.
+    kept = seq_line(1)
+    data = kept + seq_line(2) + b"x" * 30 + b"\n"
+    fd = _fd_of(tmp_path, data)
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        chunk = real_pread(fd, size, offset)
+        os.truncate(tmp_path / "ledger.jsonl", len(kept))  # later reads come up short
+        return chunk
+
+    monkeypatch.setattr(os, "pread", pread)
+    try:
+        assert scan_last_seq(fd, len(data), 8) == 1
+    finally:
+        os.close(fd)
+
+
+def test_the_tail_scan_reads_the_files_first_byte_alone(tmp_path: Path) -> None:
+    # Blocks one byte short of the file: the last step reads just the first line's "{".
+    data = seq_line(3) + b"xx\n"
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert scan_last_seq(fd, len(data), len(data) - 1) == 3
+    finally:
+        os.close(fd)
+
+
+def test_a_piece_found_hopeless_stays_so_until_the_newline(tmp_path: Path) -> None:
+    # Read 3 bytes at a time: the first piece holds a raw control byte before any bracket, so a
+    # later piece that opens like an object must not revive the line (its start was dropped).
+    data = b'  \x01{"seq": 1}\n'
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert list(iter_lines(fd, 0, 3)) == [(None, len(data))]
+    finally:
+        os.close(fd)
