@@ -403,3 +403,9 @@ def test_check_ids_takes_the_edges_and_subclasses() -> None:
 
     for args in (("r", "n", 0, "s"), ("r", "n", 2**32 - 1, "s"), (Text("r"), "n", Number(1), "s")):
         check_ids(*args)  # does not raise
+
+
+def test_a_payload_the_c_encoder_returns_in_several_pieces_is_joined_as_is() -> None:
+    # CPython 3.11's C encoder hands back a long output in chunks; they join with nothing.
+    payload = list(range(100_000))
+    assert encode_payload(payload) == json.dumps(payload, separators=(",", ":"))
