@@ -416,3 +416,115 @@ def test_a_hashed_line_nested_deeper_than_upstream_reads_is_not_a_record(tmp_pat
     result = verify_receipt_ledger(path)
     assert result.record_count == 0
     assert not result.valid
+
+
+def _v1(**change: object) -> bytes:
+    from attempt_ledger._codec import encode_record
+    from attempt_ledger._records import ReceiptRecord
+
+    return encode_record(ReceiptRecord(1, "r", "n", 1, "s", 5, 0, "e", {"k": 1}))[:-1].replace(
+        b'"version":1', b'"version":%d' % change.get("version", 1)
+    )
+
+
+def _v2(prev: str | None = None) -> bytes:
+    from attempt_ledger._chain import encode_chained_record
+    from attempt_ledger._records import ReceiptRecord
+
+    record = ReceiptRecord(2, "r", "n", 1, "s", 5, 0, "e", {"k": 1})
+    return encode_chained_record(record, prev)[0][:-1]
+
+
+def test_judge_line_says_what_each_kind_of_line_is() -> None:
+    from attempt_ledger._chain import (
+        DAMAGED,
+        DUPLICATE,
+        HASH_MEMBER_LEN,
+        HASHED,
+        SKIPPED,
+        UNHASHED,
+        judge_line,
+    )
+
+    def skipped(detail: str) -> tuple[object, ...]:
+        return (SKIPPED, -1, None, None, None, ("skipped_line", detail, None))
+
+    assert judge_line(None) == skipped("not JSON (raw control bytes, or no object brackets)")
+    assert judge_line(b'{"seq":\xff}') == skipped("not UTF-8 (byte 7)")
+    assert judge_line(b'{"x":1}') == skipped("not a JSON object with an integer seq")
+    assert judge_line(b'{"seq":5}') == skipped("seq 5 is not a well-typed receipt")
+    twice = _v1()[:-1] + b',"a":1,"b":2,"a":3}'
+    assert judge_line(twice) == (
+        DUPLICATE, -1, None, None, None, ("duplicate_key", "keys ['a'] twice", None)
+    )  # fmt: skip
+    assert judge_line(_v1()) == (UNHASHED, 5, None, None, None, None)
+    assert judge_line(_v1(version=3)) == (
+        UNHASHED, 5, None, None, None, ("wrong_version", "version 3 in an unhashed record", 1)
+    )  # fmt: skip
+    assert judge_line(_v1(version=2)) == (
+        DAMAGED, 5, None, None, None,
+        ("missing_record_hash", "a version-2 record without prev_hash and record_hash", None),
+    )  # fmt: skip
+    detail = "prev_hash and record_hash are not the last members, as null or 64 hex digits"
+    for extra in (b',"record_hash":"x"}', b',"prev_hash":null}'):
+        assert judge_line(_v1()[:-1] + extra) == (
+            DAMAGED, 5, None, None, None, ("bad_hash_fields", detail, None)
+        )  # fmt: skip
+    line = _v2()
+    stored = line[-66:-2].decode()
+    assert judge_line(line) == (HASHED, 5, None, stored, stored, None)
+    as_v1 = line.replace(b'"version":2', b'"version":1')
+    computed = hashlib.sha256(as_v1[:-HASH_MEMBER_LEN] + b"}").hexdigest()
+    assert judge_line(as_v1) == (
+        HASHED, 5, None, stored, computed, ("wrong_version", "version 1 in a hashed record", 2)
+    )  # fmt: skip
+
+
+def test_judge_line_does_not_depend_on_the_callers_stack() -> None:
+    from attempt_ledger._chain import judge_line
+    from attempt_ledger._codec import MAX_PAYLOAD_DEPTH
+
+    from .test_codec import _at_stack_depth, _nested
+
+    record = ReceiptRecord(2, "r", "n", 1, "s", 5, 0, "e", _nested(MAX_PAYLOAD_DEPTH))
+    line = encode_chained_record(record, None)[0][:-1]
+    assert _at_stack_depth(40, lambda: judge_line(line)) == judge_line(line)
+
+
+def test_the_fast_judge_leaves_lines_with_misnamed_hash_members_to_the_full_parse() -> None:
+    from attempt_ledger._chain import HASH_MEMBER_LEN, HASHED, FastJudge, judge_line
+
+    fast = FastJudge()
+    good = [_v2(), _v2("b" * 64)]
+    for line in good:
+        assert fast.judge(line) == judge_line(line)
+
+    def rehashed(line: bytes) -> bytes:  # a right record_hash, so only the names are wrong
+        start = line[:-HASH_MEMBER_LEN]
+        return start + b',"record_hash":"%s"}' % hashlib.sha256(start + b"}").hexdigest().encode()
+
+    bad = [
+        good[0].replace(b'"record_hash"', b'"record_hasx"'),
+        rehashed(good[1].replace(b'"prev_hash"', b'"prev_hasx"')),
+    ]
+    for line in bad:
+        assert fast.judge(line) is None, line
+        assert judge_line(line)[0] != HASHED
+
+
+def test_chain_errors_say_exactly_what_is_wrong() -> None:
+    batch = encode_batch(Path("x"), "r", "n", 1, "s", [ReceiptEvent("e")])
+    with pytest.raises(ValueError, match=r"^prev_hash must be 64 lowercase hex digits, not 'x'$"):
+        render_chained(batch, 1, 2, "x")
+    with pytest.raises(ValueError, match=r"^an empty batch has no lines to chain$"):
+        render_chained(encode_batch(Path("x"), "r", "n", 1, "s", []), 1, 2, None)
+    with pytest.raises(ValueError, match=r"^not a head from encode_head$"):
+        chain_head(b'{"version":2,')
+
+
+def test_record_hash_of_a_payload_with_a_prev_hash_key() -> None:
+    # The payload's own `,"prev_hash":` comes first in the line; the chain's is the last one.
+    record = ReceiptRecord(2, "r", "n", 1, "s", 1, 2, "e", {"a": 1, "prev_hash": 2})
+    line, digest = encode_chained_record(record, None)
+    assert line.count(b',"prev_hash":') == 2
+    assert record_hash_of(line[:-1]) == digest
