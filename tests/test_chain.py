@@ -528,3 +528,82 @@ def test_record_hash_of_a_payload_with_a_prev_hash_key() -> None:
     line, digest = encode_chained_record(record, None)
     assert line.count(b',"prev_hash":') == 2
     assert record_hash_of(line[:-1]) == digest
+
+
+def _record_line(seq: int, prev: str | None, note: str = "") -> tuple[bytes, str]:
+    record = ReceiptRecord(2, RUN, NODE, 1, "s", seq, 0, "e", {"note": note})
+    line, digest = encode_chained_record(record, prev)
+    return line, digest
+
+
+def test_every_problem_says_where_what_and_what_was_expected(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    first, h1 = _record_line(1, None)
+    second, h2 = _record_line(2, h1)
+    third, h3 = _record_line(3, h2)
+    edited = second.replace(b'"note":""', b'"note":"x"')
+    computed = hashlib.sha256(hash_preimage(edited[:-1])).hexdigest()
+    result = verify_bytes(tmp_path, first + edited + third)
+    assert result.problems == (
+        ChainProblem(
+            2, "record_hash_mismatch", f"record_hash {h2} but the line hashes to {computed}", 2,
+            computed,
+        ),
+    )  # fmt: skip
+    assert (result.record_count, result.hashed_record_count) == (3, 3)
+    assert str(result.violation) == (
+        f"line 2: record_hash_mismatch: record_hash {h2} but the line hashes to {computed}"
+    )
+
+    elsewhere, archived = "e" * 64, "a" * 64
+    dangling, d1 = _record_line(1, elsewhere)
+    broken, _ = _record_line(2, "f" * 64)
+    result = verify_bytes(tmp_path, dangling + broken, chain_from=archived)
+    detail = f"the first hashed record chains from {elsewhere}, which is not in this ledger"
+    assert result.problems == (
+        ChainProblem(1, "dangling_prev_hash", detail, 1, archived),
+        ChainProblem(
+            2, "chain_break", f"prev_hash {'f' * 64}, but the previous hashed record is {d1}",
+            2, d1,
+        ),
+    )  # fmt: skip
+
+    root = verify_bytes(tmp_path, first, expected_root_hash=h3).violation
+    assert root is not None
+    assert str(root) == (
+        f"file: root_hash_not_found: no record has the expected root hash {h3}: "
+        "truncated or rewritten"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seq", "kind", "detail", "expected"),
+    [
+        (4, "seq_gap", "seq 4: expected 3", 3),
+        (2, "seq_replay", "seq 2 after 2 (repeated, or out of file order)", 2),
+    ],
+)
+def test_a_seq_problem_is_the_violation_even_after_another_problem(
+    tmp_path: Path, seq: int, kind: str, detail: str, expected: int
+) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    # As upstream: the first seq problem wins over an earlier chain break.
+    first, _ = _record_line(1, None)
+    broken, h2 = _record_line(2, "f" * 64)
+    late, _ = _record_line(seq, h2, "late")
+    result = verify_bytes(tmp_path, first + broken + late)
+    assert next(problem.kind for problem in result.problems) == "chain_break"
+    assert result.violation == ChainProblem(3, kind, detail, seq, expected)
+
+
+def test_a_record_of_the_wrong_version_expects_the_right_one(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    line = encode_record(ReceiptRecord(1, RUN, NODE, 1, "s", 1, 0, "e", None))
+    result = verify_bytes(tmp_path, line + line.replace(b'"version":1', b'"version":3').replace(
+        b'"seq":1', b'"seq":2'
+    ))  # fmt: skip
+    detail = "version 3 in an unhashed record"
+    assert result.problems == (ChainProblem(2, "wrong_version", detail, 2, 1),)
