@@ -570,10 +570,18 @@ def test_every_problem_says_where_what_and_what_was_expected(tmp_path: Path) -> 
     )  # fmt: skip
 
     root = verify_bytes(tmp_path, first, expected_root_hash=h3).violation
-    assert root is not None
-    assert str(root) == (
-        f"file: root_hash_not_found: no record has the expected root hash {h3}: "
-        "truncated or rewritten"
+    detail = f"no record has the expected root hash {h3}: truncated or rewritten"
+    assert root == ChainProblem(None, "root_hash_not_found", detail, None, h3)
+    assert str(root) == f"file: root_hash_not_found: {detail}"
+
+    result = verify_bytes(tmp_path, first + b"junk\n\n" + b'{"seq":')
+    assert result.problems == (
+        ChainProblem(2, "skipped_line", "not a JSON object with an integer seq", fatal=False),
+        ChainProblem(3, "skipped_line", "not a JSON object with an integer seq", fatal=False),
+        ChainProblem(2, "trailing_junk", "lines 2..3 after the last record are not records"),
+        ChainProblem(
+            4, "torn_tail", "7 bytes after the last newline (a crash, or an append in flight)"
+        ),
     )
 
 
