@@ -615,3 +615,85 @@ def test_a_record_of_the_wrong_version_expects_the_right_one(tmp_path: Path) -> 
     ))  # fmt: skip
     detail = "version 3 in an unhashed record"
     assert result.problems == (ChainProblem(2, "wrong_version", detail, 2, 1),)
+
+
+def test_a_ledger_that_cannot_be_opened_or_read_is_named_with_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(chain(1))
+    real_open, real_fstat = os.open, os.fstat
+    flags_seen: list[int] = []
+
+    def spy_open(file: object, flags: int, *args: object) -> int:
+        flags_seen.append(flags)
+        return real_open(file, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy_open)
+    assert verify_receipt_ledger(path).valid
+    assert flags_seen[0] & os.O_CLOEXEC  # no child process inherits the descriptor
+
+    def refuse(file: object, flags: int, *args: object) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EACCES)
+    assert str(info.value) == f"{path}: cannot open the ledger: {os.strerror(errno.EACCES)}"
+    monkeypatch.setattr(os, "open", real_open)
+
+    def fail_fstat(fd: int) -> os.stat_result:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fstat", fail_fstat)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EIO)
+    assert str(info.value) == f"{path}: cannot stat the ledger: {os.strerror(errno.EIO)}"
+    monkeypatch.setattr(os, "fstat", real_fstat)
+
+    def fail_pread(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", fail_pread)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EIO)
+    assert str(info.value) == f"{path}: cannot read the ledger: {os.strerror(errno.EIO)}"
+    monkeypatch.undo()
+
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(tmp_path)
+    assert (info.value.path, info.value.errno) == (tmp_path, errno.EINVAL)
+    assert str(info.value) == f"{tmp_path}: cannot read the ledger: not a regular file"
+
+
+def test_verify_arguments_are_named_and_the_problem_list_capped_at_1000(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    path = tmp_path / "ledger.jsonl"
+    for name in ("expected_root_hash", "chain_from"):
+        with pytest.raises(ValueError, match=f"^{name} must be 64 lowercase hex digits, not 'x'$"):
+            verify_receipt_ledger(path, **{name: "x"})  # type: ignore[arg-type]
+    missing = verify_receipt_ledger(path)
+    assert missing.problems == (ChainProblem(None, "missing", "no such file"),)
+    path.write_bytes(b"junk\n" * 1001 + chain(1))
+    result = verify_receipt_ledger(path)
+    assert (len(result.problems), result.problem_count) == (1000, 1001)
+
+
+@pytest.mark.parametrize(("seqs", "kind"), [([1, 3], "seq_gap"), ([1, 2, 1], "seq_replay")])
+def test_a_seq_problem_in_an_intact_chain_is_found(
+    tmp_path: Path, seqs: list[int], kind: str
+) -> None:
+    # Every link holds, so only the seq tells the line from the common case.
+    data, prev = b"", None
+    for seq in seqs:
+        line, prev = _record_line(seq, prev)
+        data += line
+    result = verify_bytes(tmp_path, data)
+    assert [problem.kind for problem in result.problems] == [kind]
+    assert (result.record_count, result.hashed_record_count) == (len(seqs), len(seqs))
