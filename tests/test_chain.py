@@ -697,3 +697,25 @@ def test_a_seq_problem_in_an_intact_chain_is_found(
     result = verify_bytes(tmp_path, data)
     assert [problem.kind for problem in result.problems] == [kind]
     assert (result.record_count, result.hashed_record_count) == (len(seqs), len(seqs))
+
+
+def test_after_a_damaged_or_unhashed_record_the_next_link_is_not_judged(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    first, _ = _record_line(1, None)
+    unhashed = encode_record(ReceiptRecord(1, RUN, NODE, 1, "s", 2, 0, "e", None))
+    damaged = unhashed.replace(b'"version":1', b'"version":2')
+    after, _ = _record_line(3, "c" * 64)  # chains from a hash the ledger does not show
+    result = verify_bytes(tmp_path, first + unhashed + after)
+    detail = "a record without hashes after hashed ones: the chain is broken here"
+    assert result.problems == (ChainProblem(2, "unhashed_after_hashed", detail, 2),)
+    result = verify_bytes(tmp_path, first + damaged + after)
+    detail = "a version-2 record without prev_hash and record_hash"
+    assert result.problems == (ChainProblem(2, "missing_record_hash", detail, 2),)
+    assert result.schema_version == RECEIPT_SCHEMA_VERSION_V2
+    # A damaged record first: hashed records have been seen, so what follows is no first link.
+    result = verify_bytes(tmp_path, damaged.replace(b'"seq":2', b'"seq":1') + unhashed)
+    assert [problem.kind for problem in result.problems] == [
+        "missing_record_hash",
+        "unhashed_after_hashed",
+    ]
