@@ -188,10 +188,11 @@ def test_a_fifo_at_the_lock_path_is_not_waited_on(root: Path) -> None:
 
 def test_verify_root_shares_raw_ids_across_a_runs_ledgers(root: Path) -> None:
     # "run/1" and "run:1" share the run directory "run-1": each ledger alone is clean, the
-    # collision shows only when the run ids seen in one ledger are remembered for the next.
+    # collision shows only when the run ids seen in one ledger are remembered for the next
+    # ledgers of that run (and only of that run: "other" collides with nothing).
     from attempt_ledger._verify import verify_root
 
-    for run_id, node_id in (("run/1", "a"), ("run:1", "b")):
+    for run_id, node_id in (("run/1", "a"), ("run:1", "b"), ("other", "c")):
         with AttemptLedger(root, run_id, node_id) as ledger:
             ledger.append(1, "s", [ReceiptEvent("e")])
     problems = [str(problem) for problem in verify_root(root)]
@@ -200,3 +201,92 @@ def test_verify_root_shares_raw_ids_across_a_runs_ledgers(root: Path) -> None:
         f"{second}:1: path-collision: 'run:1' shares the path with 'run/1' "
         f"({AttemptLedger(root, 'run/1', 'a').path}:1)"
     ]
+
+
+def _torn(ledger: AttemptLedger, seq: int, payload: str) -> bytes:
+    """A whole record of ``seq`` without its newline, its payload ``payload`` (JSON)."""
+    line = _line(ledger, seq)
+    return line[: line.index(b',"payload":')] + b',"payload":' + payload.encode() + b"}"
+
+
+@pytest.mark.parametrize("end", ["", "  \t"])
+def test_a_record_ending_in_a_scalar_that_lost_its_newline_counts(
+    seeded: AttemptLedger, end: str
+) -> None:
+    # The last two bytes are `l}`: the record's own brace is the only one at the end.
+    with seeded.path.open("ab") as f:
+        f.write(_torn(seeded, 4, "null") + end.encode())
+    assert _verify(seeded) == [f"{seeded.path}:4: torn-tail: the last line has no final newline"]
+
+
+def test_a_huge_torn_tail_of_garbage_is_not_read_whole(seeded: AttemptLedger) -> None:
+    import tracemalloc
+
+    size = 8 << 20
+    with seeded.path.open("ab") as f:
+        f.write(b"x" * size + b"}")  # ends like an object, opens like none
+    tracemalloc.start()
+    try:
+        found = _verify(seeded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == [f"{seeded.path}: torn-tail: {size + 1} bytes after the last newline"]
+    assert peak < size // 2
+
+
+def test_a_lock_path_that_cannot_be_opened_is_named(seeded: AttemptLedger) -> None:
+    import errno
+    import os
+
+    from attempt_ledger import LedgerIOError
+
+    with seeded.path.open("ab") as f:
+        f.write(b'{"seq":')
+    os.unlink(seeded.lock_path)
+    os.symlink(seeded.lock_path.with_name("elsewhere"), seeded.lock_path)
+    with pytest.raises(LedgerIOError) as info:
+        _verify(seeded)
+    assert (info.value.path, info.value.errno) == (seeded.lock_path, errno.ELOOP)
+    assert str(info.value) == (
+        f"{seeded.lock_path}: cannot open the lock file: {os.strerror(errno.ELOOP)}"
+    )
+
+
+def test_a_long_line_that_cannot_be_json_is_malformed(seeded: AttemptLedger) -> None:
+    from attempt_ledger._reader import READ_CHUNK
+
+    with seeded.path.open("ab") as f:
+        f.write(b"\x01" * (READ_CHUNK + 1) + b"\n")  # dropped while read: it comes as None
+    assert _verify(seeded) == [
+        f"{seeded.path}:4: malformed: not JSON (raw control bytes, or no object brackets)"
+    ]
+
+
+def test_verify_waits_for_the_lock_within_its_timeout(
+    seeded: AttemptLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An append holds the lock when verify first tries it, and lets go right after: a timeout
+    # under a second is still waited out, not given up at once.
+    with seeded.path.open("ab") as f:
+        f.write(b'{"seq":')
+    holder = FileLock(seeded.lock_path)
+    holder.acquire()
+    real_try_lock = verify_module._try_lock
+    tries: list[bool] = []
+
+    def try_lock(fd: int) -> bool:
+        taken = real_try_lock(fd)
+        tries.append(taken)
+        if not taken:
+            holder.release()
+        return taken
+
+    monkeypatch.setattr(verify_module, "_try_lock", try_lock)
+    try:
+        assert _verify(seeded, lock_timeout=0.9) == [
+            f"{seeded.path}: torn-tail: 7 bytes after the last newline"
+        ]
+    finally:
+        holder.release()
+    assert tries == [False, True]
