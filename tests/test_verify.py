@@ -290,3 +290,19 @@ def test_verify_waits_for_the_lock_within_its_timeout(
     finally:
         holder.release()
     assert tries == [False, True]
+
+
+def test_every_kind_of_bad_line_is_named_exactly(seeded: AttemptLedger) -> None:
+    bad = [b"", b" \t\r", b"\x0c", b"XX", b"\xff{}", b'{"seq":-1}']
+    with seeded.path.open("ab") as f:
+        f.write(b"".join(line + b"\n" for line in bad))
+    path = seeded.path
+    not_seq = "malformed: not a JSON object with an integer seq in 0..2**64-1"
+    assert _verify(seeded) == [
+        f"{path}:4: blank: blank line",
+        f"{path}:5: blank: blank line",
+        f"{path}:6: {not_seq}",  # a form feed is whitespace to Python, not to JSON
+        f"{path}:7: {not_seq}",
+        f"{path}:8: invalid-utf8: invalid UTF-8 at byte 0",
+        f"{path}:9: {not_seq}",
+    ]
