@@ -306,3 +306,40 @@ def test_every_kind_of_bad_line_is_named_exactly(seeded: AttemptLedger) -> None:
         f"{path}:8: invalid-utf8: invalid UTF-8 at byte 0",
         f"{path}:9: {not_seq}",
     ]
+
+
+def test_every_kind_of_problem_in_one_ledger(seeded: AttemptLedger) -> None:
+    import json
+
+    def line(seq: int, run_id: str = "run", node_id: str = "node") -> bytes:
+        record = {
+            "version": 1, "run_id": run_id, "node_id": node_id, "attempt": 1,
+            "session_id": "s", "seq": seq, "ts_ms": 0, "event_type": "e", "payload": None,
+        }  # fmt: skip
+        return json.dumps(record).encode() + b"\n"
+
+    with seeded.path.open("ab") as f:
+        f.write(b"not json\n")  # line 4
+        f.write(line(5))  # 5: gap (4 missing)
+        f.write(line(5))  # 6: duplicate
+        f.write(line(2))  # 7: out of order
+        f.write(b'{"seq": 6}\n')  # 8: a valid seq, no record
+        f.write(line(7, run_id="other"))  # 9: belongs elsewhere
+        f.write(line(8, node_id="other"))  # 10: belongs elsewhere
+        f.write(line(9, run_id="run:"))  # 11: another run id, the same path
+        f.write(line(10, run_id="run:"))  # 12: the same one again: reported once
+        f.write(line(11, node_id="node/"))  # 13: another node id, the same path
+        f.write(line(14))  # 14: a gap of several
+    path = seeded.path
+    assert _verify(seeded) == [
+        f"{path}:4: malformed: not a JSON object with an integer seq in 0..2**64-1",
+        f"{path}:5: seq-gap: seq 5: missing 4",
+        f"{path}:6: duplicate-seq: seq 5 again",
+        f"{path}:7: out-of-order: seq 2 after 5",
+        f"{path}:8: not-a-record: seq 6 has no well-typed receipt",
+        f"{path}:9: wrong-ledger: run_id 'other'",
+        f"{path}:10: wrong-ledger: node_id 'other'",
+        f"{path}:11: path-collision: 'run:' shares the path with 'run' ({path}:1)",
+        f"{path}:13: path-collision: 'node/' shares the path with 'node' ({path}:1)",
+        f"{path}:14: seq-gap: seq 14: missing 12..13",
+    ]
