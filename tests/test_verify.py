@@ -343,3 +343,68 @@ def test_every_kind_of_problem_in_one_ledger(seeded: AttemptLedger) -> None:
         f"{path}:13: path-collision: 'node/' shares the path with 'node' ({path}:1)",
         f"{path}:14: seq-gap: seq 14: missing 12..13",
     ]
+
+
+def _ledger_of(root: Path, data: bytes) -> AttemptLedger:
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.path.parent.mkdir(parents=True, exist_ok=True)
+    ledger.path.write_bytes(data)
+    return ledger
+
+
+def test_seq_rules_from_the_first_line_on(root: Path) -> None:
+    probe = AttemptLedger(root, "run", "node")
+    lines = {seq: _line(probe, seq) for seq in range(4)}
+    ledger = _ledger_of(root, lines[0] + lines[1])
+    assert _verify(ledger) == []  # seq 0 first is no problem
+    ledger = _ledger_of(root, lines[2] + lines[3])
+    assert _verify(ledger) == [f"{ledger.path}:1: seq-gap: seq 2: missing 1"]
+    ledger = _ledger_of(root, lines[1] + lines[3] + lines[2] + lines[3])
+    assert _verify(ledger) == [
+        f"{ledger.path}:2: seq-gap: seq 3: missing 2",
+        f"{ledger.path}:3: out-of-order: seq 2 after 3",
+        f"{ledger.path}:4: out-of-order: seq 3 after 2",  # the highest again, not just before
+    ]
+
+
+def test_empty_missing_and_newline_less_ledgers(root: Path) -> None:
+    import errno
+
+    from attempt_ledger import LedgerIOError
+
+    ledger = _ledger_of(root, b"")
+    assert _verify(ledger) == []
+    ledger.path.write_bytes(_line(ledger, 1)[:-1])  # one record, without its newline
+    assert _verify(ledger) == [f"{ledger.path}:1: torn-tail: the last line has no final newline"]
+    ledger.path.unlink()
+    with pytest.raises(LedgerIOError) as info:
+        _verify(ledger)
+    assert (info.value.path, info.value.errno) == (ledger.path, errno.ENOENT)
+    assert str(info.value) == f"{ledger.path}: cannot open the ledger: no such file"
+
+
+@pytest.mark.parametrize("torn_at_the_lock", [False, True])
+def test_lines_completed_before_the_lock_are_checked_and_later_ones_are_not(
+    seeded: AttemptLedger, monkeypatch: pytest.MonkeyPatch, torn_at_the_lock: bool
+) -> None:
+    # Appends go on while verify reads: the lines whole when it holds the lock are checked,
+    # with their numbers; what comes after is not the ledger verify judged.
+    fourth, fifth = _line(seeded, 5), _line(seeded, 6)  # seq 5 on line 4: a gap
+    half = len(fourth) // 2
+    with seeded.path.open("ab") as f:
+        f.write(fourth[:half])
+    real_settled_tail = verify_module._settled_tail
+
+    def settled_tail(fd: int, lock_path: Path, timeout: float) -> tuple[int, bool]:
+        with seeded.path.open("ab") as f:
+            f.write(fourth[half:] + (fifth[:half] if torn_at_the_lock else b""))
+        settled = real_settled_tail(fd, lock_path, timeout)
+        with seeded.path.open("ab") as f:
+            f.write(fifth[half:] + _line(seeded, 7) if torn_at_the_lock else fifth)
+        return settled
+
+    monkeypatch.setattr(verify_module, "_settled_tail", settled_tail)
+    expected = [f"{seeded.path}:4: seq-gap: seq 5: missing 4"]
+    if torn_at_the_lock:
+        expected.append(f"{seeded.path}: torn-tail: {half} bytes after the last newline")
+    assert _verify(seeded) == expected
