@@ -408,3 +408,29 @@ def test_lines_completed_before_the_lock_are_checked_and_later_ones_are_not(
     if torn_at_the_lock:
         expected.append(f"{seeded.path}: torn-tail: {half} bytes after the last newline")
     assert _verify(seeded) == expected
+
+
+def test_a_torn_tail_shaped_like_an_object_but_not_json_is_only_a_torn_tail(
+    seeded: AttemptLedger,
+) -> None:
+    with seeded.path.open("ab") as f:
+        f.write(b'{"seq": x}')
+    assert _verify(seeded) == [f"{seeded.path}: torn-tail: 10 bytes after the last newline"]
+
+
+def test_a_read_error_names_the_ledger_and_the_cause(
+    seeded: AttemptLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from attempt_ledger import LedgerIOError
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", pread)
+    with pytest.raises(LedgerIOError) as info:
+        _verify(seeded)
+    assert (info.value.path, info.value.errno) == (seeded.path, errno.EIO)
+    assert str(info.value) == f"{seeded.path}: cannot read the ledger: {os.strerror(errno.EIO)}"
