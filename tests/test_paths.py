@@ -132,3 +132,29 @@ def test_iter_ledgers_lists_regular_files_only(tmp_path: Path) -> None:
     os.mkfifo(run / "fifo.jsonl")
     (tmp_path / "linked-run").symlink_to(run)  # run directories may be symlinks
     assert [(r, n) for r, n, _ in iter_ledgers(tmp_path)] == [("linked-run", "a"), ("run", "a")]
+
+
+@pytest.mark.parametrize(
+    ("platform", "local_app_data", "expected"),
+    [
+        ("win32", "C:/Users/u/Local", "C:/Users/u/Local/attempt_ledger"),
+        ("win32", None, "{home}/AppData/Local/attempt_ledger"),
+        ("darwin", None, "{home}/Library/Application Support/attempt_ledger"),
+    ],
+)
+def test_the_user_state_dir_on_windows_and_macos(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    platform: str,
+    local_app_data: str | None,
+    expected: str,
+) -> None:
+    from attempt_ledger import _paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if local_app_data is None:
+        monkeypatch.delenv("LOCALAPPDATA", raising=False)
+    else:
+        monkeypatch.setenv("LOCALAPPDATA", local_app_data)
+    monkeypatch.setattr(_paths.sys, "platform", platform)
+    assert _paths._user_state_dir() == Path(expected.format(home=tmp_path))
