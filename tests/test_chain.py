@@ -479,3 +479,307 @@ def test_a_manifest_of_any_path_can_be_saved_and_read_back(tmp_path: Path) -> No
         assert again == attrs.evolve(manifest, ledger_path=str(path))
         assert os.fsencode(again.ledger_path) == os.fsencode(path)
         assert check_receipt_ledger_manifest(again).valid
+
+
+def _v1(**change: object) -> bytes:
+    from attempt_ledger._codec import encode_record
+    from attempt_ledger._records import ReceiptRecord
+
+    return encode_record(ReceiptRecord(1, "r", "n", 1, "s", 5, 0, "e", {"k": 1}))[:-1].replace(
+        b'"version":1', b'"version":%d' % change.get("version", 1)
+    )
+
+
+def _v2(prev: str | None = None) -> bytes:
+    from attempt_ledger._chain import encode_chained_record
+    from attempt_ledger._records import ReceiptRecord
+
+    record = ReceiptRecord(2, "r", "n", 1, "s", 5, 0, "e", {"k": 1})
+    return encode_chained_record(record, prev)[0][:-1]
+
+
+def test_judge_line_says_what_each_kind_of_line_is() -> None:
+    from attempt_ledger._chain import (
+        DAMAGED,
+        DUPLICATE,
+        HASH_MEMBER_LEN,
+        HASHED,
+        SKIPPED,
+        UNHASHED,
+        judge_line,
+    )
+
+    def skipped(detail: str) -> tuple[object, ...]:
+        return (SKIPPED, -1, None, None, None, ("skipped_line", detail, None))
+
+    assert judge_line(None) == skipped("not JSON (raw control bytes, or no object brackets)")
+    assert judge_line(b'{"seq":\xff}') == skipped("not UTF-8 (byte 7)")
+    assert judge_line(b'{"x":1}') == skipped("not a JSON object with an integer seq")
+    assert judge_line(b'{"seq":5}') == skipped("seq 5 is not a well-typed receipt")
+    twice = _v1()[:-1] + b',"a":1,"b":2,"a":3}'
+    assert judge_line(twice) == (
+        DUPLICATE, -1, None, None, None, ("duplicate_key", "keys ['a'] twice", None)
+    )  # fmt: skip
+    assert judge_line(_v1()) == (UNHASHED, 5, None, None, None, None)
+    assert judge_line(_v1(version=3)) == (
+        UNHASHED, 5, None, None, None, ("wrong_version", "version 3 in an unhashed record", 1)
+    )  # fmt: skip
+    assert judge_line(_v1(version=2)) == (
+        DAMAGED, 5, None, None, None,
+        ("missing_record_hash", "a version-2 record without prev_hash and record_hash", None),
+    )  # fmt: skip
+    detail = "prev_hash and record_hash are not the last members, as null or 64 hex digits"
+    for extra in (b',"record_hash":"x"}', b',"prev_hash":null}'):
+        assert judge_line(_v1()[:-1] + extra) == (
+            DAMAGED, 5, None, None, None, ("bad_hash_fields", detail, None)
+        )  # fmt: skip
+    line = _v2()
+    stored = line[-66:-2].decode()
+    assert judge_line(line) == (HASHED, 5, None, stored, stored, None)
+    as_v1 = line.replace(b'"version":2', b'"version":1')
+    computed = hashlib.sha256(as_v1[:-HASH_MEMBER_LEN] + b"}").hexdigest()
+    assert judge_line(as_v1) == (
+        HASHED, 5, None, stored, computed, ("wrong_version", "version 1 in a hashed record", 2)
+    )  # fmt: skip
+
+
+def test_judge_line_does_not_depend_on_the_callers_stack() -> None:
+    from attempt_ledger._chain import judge_line
+    from attempt_ledger._records import MAX_PAYLOAD_DEPTH
+
+    from .test_codec import _at_stack_depth, _nested
+
+    record = ReceiptRecord(2, "r", "n", 1, "s", 5, 0, "e", _nested(MAX_PAYLOAD_DEPTH))
+    line = encode_chained_record(record, None)[0][:-1]
+    assert _at_stack_depth(40, lambda: judge_line(line)) == judge_line(line)
+
+
+def test_the_fast_judge_leaves_lines_with_misnamed_hash_members_to_the_full_parse() -> None:
+    from attempt_ledger._chain import HASH_MEMBER_LEN, HASHED, FastJudge, judge_line
+
+    fast = FastJudge()
+    good = [_v2(), _v2("b" * 64)]
+    for line in good:
+        assert fast.judge(line) == judge_line(line)
+
+    def rehashed(line: bytes) -> bytes:  # a right record_hash, so only the names are wrong
+        start = line[:-HASH_MEMBER_LEN]
+        return start + b',"record_hash":"%s"}' % hashlib.sha256(start + b"}").hexdigest().encode()
+
+    bad = [
+        good[0].replace(b'"record_hash"', b'"record_hasx"'),
+        rehashed(good[1].replace(b'"prev_hash"', b'"prev_hasx"')),
+    ]
+    for line in bad:
+        assert fast.judge(line) is None, line
+        assert judge_line(line)[0] != HASHED
+
+
+def test_chain_errors_say_exactly_what_is_wrong() -> None:
+    batch = encode_batch(Path("x"), "r", "n", 1, "s", [ReceiptEvent("e")])
+    with pytest.raises(ValueError, match=r"^prev_hash must be 64 lowercase hex digits, not 'x'$"):
+        render_chained(batch, 1, 2, "x")
+    with pytest.raises(ValueError, match=r"^an empty batch has no lines to chain$"):
+        render_chained(encode_batch(Path("x"), "r", "n", 1, "s", []), 1, 2, None)
+    with pytest.raises(ValueError, match=r"^not a head from encode_head$"):
+        chain_head(b'{"version":2,')
+
+
+def test_record_hash_of_a_payload_with_a_prev_hash_key() -> None:
+    # The payload's own `,"prev_hash":` comes first in the line; the chain's is the last one.
+    record = ReceiptRecord(2, "r", "n", 1, "s", 1, 2, "e", {"a": 1, "prev_hash": 2})
+    line, digest = encode_chained_record(record, None)
+    assert line.count(b',"prev_hash":') == 2
+    assert record_hash_of(line[:-1]) == digest
+
+
+def _record_line(seq: int, prev: str | None, note: str = "") -> tuple[bytes, str]:
+    record = ReceiptRecord(2, RUN, NODE, 1, "s", seq, 0, "e", {"note": note})
+    line, digest = encode_chained_record(record, prev)
+    return line, digest
+
+
+def test_every_problem_says_where_what_and_what_was_expected(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    first, h1 = _record_line(1, None)
+    second, h2 = _record_line(2, h1)
+    third, h3 = _record_line(3, h2)
+    edited = second.replace(b'"note":""', b'"note":"x"')
+    computed = hashlib.sha256(hash_preimage(edited[:-1])).hexdigest()
+    result = verify_bytes(tmp_path, first + edited + third)
+    assert result.problems == (
+        ChainProblem(
+            2, "record_hash_mismatch", f"record_hash {h2} but the line hashes to {computed}", 2,
+            computed,
+        ),
+    )  # fmt: skip
+    assert (result.record_count, result.hashed_record_count) == (3, 3)
+    assert str(result.violation) == (
+        f"line 2: record_hash_mismatch: record_hash {h2} but the line hashes to {computed}"
+    )
+
+    elsewhere, archived = "e" * 64, "a" * 64
+    dangling, d1 = _record_line(1, elsewhere)
+    broken, _ = _record_line(2, "f" * 64)
+    result = verify_bytes(tmp_path, dangling + broken, chain_from=archived)
+    detail = f"the first hashed record chains from {elsewhere}, which is not in this ledger"
+    assert result.problems == (
+        ChainProblem(1, "dangling_prev_hash", detail, 1, archived),
+        ChainProblem(
+            2, "chain_break", f"prev_hash {'f' * 64}, but the previous hashed record is {d1}",
+            2, d1,
+        ),
+    )  # fmt: skip
+
+    root = verify_bytes(tmp_path, first, expected_root_hash=h3).violation
+    detail = f"no record has the expected root hash {h3}: truncated or rewritten"
+    assert root == ChainProblem(None, "root_hash_not_found", detail, None, h3)
+    assert str(root) == f"file: root_hash_not_found: {detail}"
+
+    result = verify_bytes(tmp_path, first + b"junk\n\n" + b'{"seq":')
+    assert result.problems == (
+        ChainProblem(2, "skipped_line", "not a JSON object with an integer seq", fatal=False),
+        ChainProblem(3, "skipped_line", "not a JSON object with an integer seq", fatal=False),
+        ChainProblem(2, "trailing_junk", "lines 2..3 after the last record are not records"),
+        ChainProblem(
+            4, "torn_tail", "7 bytes after the last newline (a crash, or an append in flight)"
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("seq", "kind", "detail", "expected"),
+    [
+        (4, "seq_gap", "seq 4: expected 3", 3),
+        (2, "seq_replay", "seq 2 after 2 (repeated, or out of file order)", 2),
+    ],
+)
+def test_a_seq_problem_is_the_violation_even_after_another_problem(
+    tmp_path: Path, seq: int, kind: str, detail: str, expected: int
+) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    # As upstream: the first seq problem wins over an earlier chain break.
+    first, _ = _record_line(1, None)
+    broken, h2 = _record_line(2, "f" * 64)
+    late, _ = _record_line(seq, h2, "late")
+    result = verify_bytes(tmp_path, first + broken + late)
+    assert next(problem.kind for problem in result.problems) == "chain_break"
+    assert result.violation == ChainProblem(3, kind, detail, seq, expected)
+
+
+def test_a_record_of_the_wrong_version_expects_the_right_one(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    line = encode_record(ReceiptRecord(1, RUN, NODE, 1, "s", 1, 0, "e", None))
+    result = verify_bytes(tmp_path, line + line.replace(b'"version":1', b'"version":3').replace(
+        b'"seq":1', b'"seq":2'
+    ))  # fmt: skip
+    detail = "version 3 in an unhashed record"
+    assert result.problems == (ChainProblem(2, "wrong_version", detail, 2, 1),)
+
+
+def test_a_ledger_that_cannot_be_opened_or_read_is_named_with_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(chain(1))
+    real_open, real_fstat = os.open, os.fstat
+    flags_seen: list[int] = []
+
+    def spy_open(file: object, flags: int, *args: object) -> int:
+        flags_seen.append(flags)
+        return real_open(file, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy_open)
+    assert verify_receipt_ledger(path).valid
+    assert flags_seen[0] & os.O_CLOEXEC  # no child process inherits the descriptor
+
+    def refuse(file: object, flags: int, *args: object) -> int:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EACCES)
+    assert str(info.value) == f"{path}: cannot open the ledger: {os.strerror(errno.EACCES)}"
+    monkeypatch.setattr(os, "open", real_open)
+
+    def fail_fstat(fd: int) -> os.stat_result:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fstat", fail_fstat)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EIO)
+    assert str(info.value) == f"{path}: cannot open the ledger: {os.strerror(errno.EIO)}"
+    monkeypatch.setattr(os, "fstat", real_fstat)
+
+    def fail_pread(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", fail_pread)
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(path)
+    assert (info.value.path, info.value.errno) == (path, errno.EIO)
+    assert str(info.value) == f"{path}: cannot read the ledger: {os.strerror(errno.EIO)}"
+    monkeypatch.undo()
+
+    with pytest.raises(LedgerIOError) as info:
+        verify_receipt_ledger(tmp_path)
+    # The readers' one opener (_files.open_regular) names what stands there.
+    assert (info.value.path, info.value.errno) == (tmp_path, errno.EISDIR)
+    assert str(info.value) == f"{tmp_path}: is not a regular file but a directory"
+
+
+def test_verify_arguments_are_named_and_the_problem_list_capped_at_1000(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    path = tmp_path / "ledger.jsonl"
+    for name in ("expected_root_hash", "chain_from"):
+        with pytest.raises(ValueError, match=f"^{name} must be 64 lowercase hex digits, not 'x'$"):
+            verify_receipt_ledger(path, **{name: "x"})  # type: ignore[arg-type]
+    missing = verify_receipt_ledger(path)
+    assert missing.problems == (ChainProblem(None, "missing", "no such file"),)
+    path.write_bytes(b"junk\n" * 1001 + chain(1))
+    result = verify_receipt_ledger(path)
+    assert (len(result.problems), result.problem_count) == (1000, 1001)
+
+
+@pytest.mark.parametrize(("seqs", "kind"), [([1, 3], "seq_gap"), ([1, 2, 1], "seq_replay")])
+def test_a_seq_problem_in_an_intact_chain_is_found(
+    tmp_path: Path, seqs: list[int], kind: str
+) -> None:
+    # Every link holds, so only the seq tells the line from the common case.
+    data, prev = b"", None
+    for seq in seqs:
+        line, prev = _record_line(seq, prev)
+        data += line
+    result = verify_bytes(tmp_path, data)
+    assert [problem.kind for problem in result.problems] == [kind]
+    assert (result.record_count, result.hashed_record_count) == (len(seqs), len(seqs))
+
+
+def test_after_a_damaged_or_unhashed_record_the_next_link_is_not_judged(tmp_path: Path) -> None:
+    from attempt_ledger._verify_chain import ChainProblem
+
+    first, _ = _record_line(1, None)
+    unhashed = encode_record(ReceiptRecord(1, RUN, NODE, 1, "s", 2, 0, "e", None))
+    damaged = unhashed.replace(b'"version":1', b'"version":2')
+    after, _ = _record_line(3, "c" * 64)  # chains from a hash the ledger does not show
+    result = verify_bytes(tmp_path, first + unhashed + after)
+    detail = "a record without hashes after hashed ones: the chain is broken here"
+    assert result.problems == (ChainProblem(2, "unhashed_after_hashed", detail, 2),)
+    result = verify_bytes(tmp_path, first + damaged + after)
+    detail = "a version-2 record without prev_hash and record_hash"
+    assert result.problems == (ChainProblem(2, "missing_record_hash", detail, 2),)
+    assert result.schema_version == RECEIPT_SCHEMA_VERSION_V2
+    # A damaged record first: hashed records have been seen, so what follows is no first link.
+    result = verify_bytes(tmp_path, damaged.replace(b'"seq":2', b'"seq":1') + unhashed)
+    assert [problem.kind for problem in result.problems] == [
+        "missing_record_hash",
+        "unhashed_after_hashed",
+    ]

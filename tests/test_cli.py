@@ -660,3 +660,27 @@ def test_a_database_error_is_one_line(root: Path, command: list[str]) -> None:
     done = run(root, *command, "--dsn", "host=/nonexistent dbname=x")
     one_line_error(done, 3, "attempt-ledger: ", "Is the server running")
     assert not root.exists() or not any(root.rglob("*.jsonl"))
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_append_durable_fsyncs_the_ledger(
+    root: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", [ReceiptEvent("e")])  # the ledger exists: only the append may fsync
+    ledger.close()
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        stat = os.fstat(fd)
+        synced.append((stat.st_dev, stat.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    flag = ["--durable"] if durable else []
+    done = call(capsys, root, *APPEND_R_N, "--event-type", "e", *flag)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["seq"] == 2
+    stat = ledger.path.stat()
+    assert synced == ([(stat.st_dev, stat.st_ino)] if durable else [])

@@ -5,12 +5,13 @@ import math
 import sys
 import unicodedata
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attempt_ledger import RECEIPT_SCHEMA_VERSION, ReceiptRecord, encode_record
+from attempt_ledger import RECEIPT_SCHEMA_VERSION, ReceiptEvent, ReceiptRecord, encode_record
 from attempt_ledger._codec import (
     RUST_WHITESPACE,
     _payload_encoder,
@@ -264,3 +265,143 @@ def test_encoding_and_reading_do_not_depend_on_the_callers_stack() -> None:
     assert not nests_too_deep(line)
     assert _at_stack_depth(40, lambda: line_seq(line)) == 9
     assert _at_stack_depth(40, lambda: decode_record(line)) == record
+
+
+def test_on_fresh_stack_returns_and_raises_what_the_function_does() -> None:
+    import threading
+
+    from attempt_ledger._lines import on_fresh_stack
+
+    assert on_fresh_stack(lambda n: (n, threading.current_thread().name), 7) == (
+        7,
+        "attempt-ledger-fresh-stack",  # named, for whoever looks at a stuck process's threads
+    )
+    error = ValueError("bad")
+
+    def fail(_: object) -> None:
+        raise error
+
+    with pytest.raises(ValueError, match=r"^bad$") as info:
+        on_fresh_stack(fail, None)
+    assert info.value is error
+
+
+@pytest.mark.parametrize(
+    ("prefix", "could"),
+    [
+        (b"", True),  # too short to tell
+        (b" \t\r", True),
+        (b"{", True),
+        (b'{ \t"a', True),  # whitespace after the brace is skipped
+        (b"{}", True),
+        (b'{\x0c"a', False),  # form feed is whitespace to Python, not to JSON
+        (b"{\n", False),
+        (b"{X", False),
+        (b"[", False),
+        (b' x{"', False),
+    ],
+)
+def test_could_open_object(prefix: bytes, could: bool) -> None:
+    from attempt_ledger._lines import could_open_object
+
+    assert could_open_object(prefix) is could
+
+
+def test_brackets_only_inside_strings_do_not_nest() -> None:
+    assert not nests_too_deep(b'"' + b"[{" * MAX_LINE_DEPTH + b'"')
+
+
+def test_check_expected_last_seq_names_the_wrong_type(tmp_path: Path) -> None:
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import check_expected_last_seq
+
+    for value, kind in (("3", "str"), (True, "bool"), (3.0, "float")):
+        with pytest.raises(InvalidEvent, match=f"must be an int or None, not {kind}$"):
+            check_expected_last_seq(tmp_path, value)
+
+
+def test_check_expected_last_seq_takes_the_whole_u64_range(tmp_path: Path) -> None:
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import check_expected_last_seq
+
+    class Seq(int):
+        pass
+
+    for value in (0, 5, U64_MAX):
+        assert check_expected_last_seq(tmp_path, value) == value
+    passed_on = check_expected_last_seq(tmp_path, Seq(5))
+    assert (type(passed_on), passed_on) == (int, 5)
+    assert check_expected_last_seq(tmp_path, None) is None
+    for value in (-1, U64_MAX + 1):
+        with pytest.raises(
+            InvalidEvent, match=f"expected_last_seq {value} is outside 0..{U64_MAX}"
+        ):
+            check_expected_last_seq(tmp_path, value)
+
+
+@pytest.mark.parametrize(
+    ("events", "index", "reason"),
+    [
+        ([ReceiptEvent("a"), "not an event"], 1, "expected a ReceiptEvent, got str"),
+        ([ReceiptEvent("a"), ReceiptEvent(1)], 1, "event_type must be str, not int"),  # type: ignore[arg-type]
+        ([ReceiptEvent("a", {1: 2})], 0, "payload has a non-string object key 1"),  # type: ignore[dict-item]
+    ],
+)
+def test_encode_batch_names_the_first_bad_event(
+    tmp_path: Path, events: list[object], index: int, reason: str
+) -> None:
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import encode_batch
+
+    with pytest.raises(InvalidEvent) as info:
+        encode_batch(tmp_path, "r", "n", 1, "s", events)  # type: ignore[arg-type]
+    assert info.value.index == index
+    assert reason in str(info.value)
+
+
+def test_encode_batch_names_the_bad_event_of_a_generator(tmp_path: Path) -> None:
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import encode_batch
+
+    events = (event for event in [ReceiptEvent("a"), ReceiptEvent("b", float("nan"))])
+    with pytest.raises(InvalidEvent) as info:
+        encode_batch(tmp_path, "r", "n", 1, "s", events)
+    assert info.value.index == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((5, "n", 1, "s"), "run_id must be str, not int"),
+        (("r", b"n", 1, "s"), "node_id must be str, not bytes"),
+        (("r", "n", 1, None), "session_id must be str, not NoneType"),
+        (("r", "n", 1.0, "s"), "attempt must be int, not float"),
+        (("r", "n", True, "s"), "attempt must be int, not bool"),
+        (("r", "n", -1, "s"), "attempt -1 is outside 0..4294967295"),
+        (("r", "n", 2**32, "s"), "attempt 4294967296 is outside 0..4294967295"),
+    ],
+)
+def test_check_ids_names_the_first_wrong_field(args: tuple[object, ...], message: str) -> None:
+    from attempt_ledger._codec import check_ids
+
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_ids(*args)
+
+
+def test_check_ids_takes_the_edges_and_subclasses() -> None:
+    from attempt_ledger._codec import check_ids
+
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    for args in (("r", "n", 0, "s"), ("r", "n", 2**32 - 1, "s"), (Text("r"), "n", Number(1), "s")):
+        check_ids(*args)  # does not raise
+
+
+def test_a_payload_the_c_encoder_returns_in_several_pieces_is_joined_as_is() -> None:
+    # CPython 3.11's C encoder hands back a long output in chunks; they join with nothing.
+    payload = list(range(100_000))
+    assert encode_payload(payload) == json.dumps(payload, separators=(",", ":"))

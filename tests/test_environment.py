@@ -220,20 +220,23 @@ def tiny_fs() -> Iterator[Path]:
 def test_full_disk(tiny_fs: Path) -> None:
     root = tiny_fs / "root"
     other = AttemptLedger(root, "run", "other")
-    other.append(1, "s", EV)
-    acknowledged: list[int] = []
     ledger = AttemptLedger(root, "run", "node")
-    with pytest.raises(LedgerIOError) as info:
-        _fill_until_full(root, acknowledged)
-    assert info.value.errno == errno.ENOSPC
-    assert info.value.path == ledger.path
-    assert "No space left on device" in str(info.value)
-    # Everything acknowledged is there, nothing else; the other ledger is untouched.
-    assert [r.seq for r in ledger.records()] == acknowledged
-    assert ledger.path.read_bytes().endswith(b"\n")
-    assert [r.seq for r in other.records()] == [1]
-    # Space comes back, appends go on from where they were.
-    other.close()
-    other.path.unlink()
-    assert ledger.append(1, "s", EV).seq == len(acknowledged) + 1
-    ledger.close()
+    try:  # a failed check must still close the descriptors, or the tmpfs cannot be unmounted
+        other.append(1, "s", EV)
+        acknowledged: list[int] = []
+        with pytest.raises(LedgerIOError) as info:
+            _fill_until_full(root, acknowledged)
+        assert info.value.errno == errno.ENOSPC
+        assert info.value.path == ledger.path
+        assert "No space left on device" in str(info.value)
+        # Everything acknowledged is there, nothing else; the other ledger is untouched.
+        assert [r.seq for r in ledger.records()] == acknowledged
+        assert ledger.path.read_bytes().endswith(b"\n")
+        assert [r.seq for r in other.records()] == [1]
+        # Space comes back, appends go on from where they were.
+        other.close()
+        other.path.unlink()
+        assert ledger.append(1, "s", EV).seq == len(acknowledged) + 1
+    finally:
+        other.close()
+        ledger.close()

@@ -119,3 +119,10 @@ def test_deepest_payload_with_a_small_float_is_encoded() -> None:
     for depth in range(MAX_PAYLOAD_DEPTH):
         deep = {"k": deep} if depth % 2 else [deep]
     assert encode_payload(deep).count("1e-7") == 1
+
+
+@pytest.mark.parametrize(("value", "text"), [(math.nan, "nan"), (-math.inf, "-inf")])
+def test_non_finite_floats_get_the_stdlib_python_encoders_message(value: float, text: str) -> None:
+    message = f"Out of range float values are not JSON compliant: {text}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        format_float(value)

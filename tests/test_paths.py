@@ -145,3 +145,29 @@ def test_iter_ledgers_skips_a_run_removed_while_listing(tmp_path: Path) -> None:
     assert next(listing)[:2] == ("a", "n")
     assert remove_run(tmp_path, "b").dir_removed
     assert list(listing) == []
+
+
+@pytest.mark.parametrize(
+    ("platform", "local_app_data", "expected"),
+    [
+        ("win32", "C:/Users/u/Local", "C:/Users/u/Local/attempt_ledger"),
+        ("win32", None, "{home}/AppData/Local/attempt_ledger"),
+        ("darwin", None, "{home}/Library/Application Support/attempt_ledger"),
+    ],
+)
+def test_the_user_state_dir_on_windows_and_macos(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    platform: str,
+    local_app_data: str | None,
+    expected: str,
+) -> None:
+    from attempt_ledger import _paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if local_app_data is None:
+        monkeypatch.delenv("LOCALAPPDATA", raising=False)
+    else:
+        monkeypatch.setenv("LOCALAPPDATA", local_app_data)
+    monkeypatch.setattr(_paths.sys, "platform", platform)
+    assert _paths._user_state_dir() == Path(expected.format(home=tmp_path))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tracemalloc
@@ -196,5 +197,159 @@ def test_a_block_without_a_newline_is_not_taken_for_a_whole_line(tmp_path: Path)
     fd = _fd_of(tmp_path, data)
     try:
         assert tail_state(fd, len(data), len(b'{"seq":5}\n')) == (1, False, None)
+    finally:
+        os.close(fd)
+
+
+def _failing_pread(monkeypatch: pytest.MonkeyPatch) -> None:
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", pread)
+
+
+def test_read_errors_name_the_path_the_step_and_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attempt_ledger import LedgerIOError
+    from attempt_ledger._reader import iter_decoded
+
+    path = tmp_path / "node.jsonl"
+    path.write_bytes(seq_line(1))
+    _failing_pread(monkeypatch)
+    for read in (lambda: read_last_seq(path), lambda: list(iter_decoded(path))):
+        with pytest.raises(LedgerIOError) as info:
+            read()
+        assert (info.value.path, info.value.errno) == (path, errno.EIO)
+        assert str(info.value) == f"{path}: cannot read the ledger: {os.strerror(errno.EIO)}"
+        assert isinstance(info.value.__cause__, OSError)
+
+
+def test_read_last_seq_reads_in_blocks_of_the_size_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.jsonl"
+    path.write_bytes(seq_line(7) + b"x" * 100 + b"\n")  # garbage last: the scan goes on back
+    sizes: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        sizes.append(size)
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    assert read_last_seq(path, 16) == 7
+    assert max(sizes) == 16
+
+
+def test_iter_decoded_resumes_at_the_offset_and_restarts_only_when_the_file_shrank(
+    tmp_path: Path,
+) -> None:
+    from attempt_ledger._reader import iter_decoded
+
+    path = tmp_path / "node.jsonl"
+    first, second = seq_line(1), seq_line(2)
+    path.write_bytes(first + second)
+
+    def seqs(offset: int) -> list[tuple[int | None, int]]:
+        return [(line_seq(line or b""), end) for _, line, end in iter_decoded(path, offset)]
+
+    size = len(first + second)
+    assert seqs(0) == [(1, len(first)), (2, size)]
+    assert seqs(len(first)) == [(2, size)]
+    assert seqs(size) == []  # nothing new: not a reason to start over
+    assert seqs(size + 1) == [(1, len(first)), (2, size)]  # shorter than the offset: from 0
+
+
+def test_iter_decoded_gives_a_long_hopeless_line_as_none(tmp_path: Path) -> None:
+    from attempt_ledger._reader import READ_CHUNK, iter_decoded
+
+    path = tmp_path / "node.jsonl"
+    garbage = b"x" * (READ_CHUNK + 10)  # read in two chunks: dropped, not joined
+    path.write_bytes(garbage + b"\n" + seq_line(3))
+    got = [(record, line) for record, line, _ in iter_decoded(path)]
+    assert got == [(None, None), (None, seq_line(3)[:-1])]  # {"seq": 3} is no receipt
+
+
+def test_tail_state_reads_the_last_block_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = seq_line(4) + b"x" * 10 + b"\n"  # the last line is not valid: the scan runs
+    fd = _fd_of(tmp_path, data)
+    reads: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        reads.append((size, offset))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    try:
+        assert tail_state(fd, len(data), 8).last_seq == 4
+    finally:
+        os.close(fd)
+    assert len(reads) == len(set(reads))  # the block the fast path read is handed on
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b'{"seq":1,"x":"\x01"}',  # a raw control byte: dropped as soon as it is seen
+        b'xx{"seq":1,"pad":"' + b"p" * 40 + b'"}',  # closes like an object, opens like none
+        b'{"seq":1,"pad":"' + b"p" * 40 + b'"} x',  # opens like an object, closes like none
+    ],
+)
+def test_lines_backward_gives_a_long_line_that_cannot_be_json_as_empty(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    from attempt_ledger._reader import lines_backward
+
+    data = seq_line(1) + garbage + b"\n" + seq_line(2)
+    fd = _fd_of(tmp_path, data)
+    try:
+        lines = list(lines_backward(fd, len(data), 8))
+    finally:
+        os.close(fd)
+    assert lines == [b"", seq_line(2)[:-1], b"", seq_line(1)[:-1]]
+
+
+def test_the_tail_scan_starts_over_when_the_file_shrinks_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer rolling back a failed append truncates the file while the scan reads backwards.
+    kept = seq_line(1)
+    data = kept + seq_line(2) + b"x" * 30 + b"\n"
+    fd = _fd_of(tmp_path, data)
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        chunk = real_pread(fd, size, offset)
+        os.truncate(tmp_path / "ledger.jsonl", len(kept))  # later reads come up short
+        return chunk
+
+    monkeypatch.setattr(os, "pread", pread)
+    try:
+        assert scan_last_seq(fd, len(data), 8) == 1
+    finally:
+        os.close(fd)
+
+
+def test_the_tail_scan_reads_the_files_first_byte_alone(tmp_path: Path) -> None:
+    # Blocks one byte short of the file: the last step reads just the first line's "{".
+    data = seq_line(3) + b"xx\n"
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert scan_last_seq(fd, len(data), len(data) - 1) == 3
+    finally:
+        os.close(fd)
+
+
+def test_a_piece_found_hopeless_stays_so_until_the_newline(tmp_path: Path) -> None:
+    # Read 3 bytes at a time: the first piece holds a raw control byte before any bracket, so a
+    # later piece that opens like an object must not revive the line (its start was dropped).
+    data = b'  \x01{"seq": 1}\n'
+    fd = _fd_of(tmp_path, data)
+    try:
+        assert list(iter_lines(fd, 0, 3)) == [(None, len(data))]
     finally:
         os.close(fd)
