@@ -18,7 +18,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import psycopg
+try:
+    import psycopg
+except ModuleNotFoundError as error:  # an optional part: say which extra brings it
+    if error.name != "psycopg":
+        raise
+    raise ModuleNotFoundError(
+        "attempt_ledger.postgres needs psycopg, which is not installed: "
+        "pip install 'attempt_ledger[postgres]'",
+        name=error.name,
+    ) from error
 
 from ._chain import chain_head
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
