@@ -130,7 +130,7 @@ def read_last_seq(path: str | os.PathLike[str]) -> int:
 
 
 def read_receipt_records(path: str | os.PathLike[str]) -> list[ReceiptRecord]:
-    """Return the well-typed records of the ledger at ``path``, in file order.
+    r"""Return the well-typed records of the ledger at ``path``, in file order.
 
     Malformed lines, blank lines, invalid UTF-8 and a final unterminated fragment that does not
     parse are skipped; a final record that lost only its ``\n`` is returned. A missing file is
