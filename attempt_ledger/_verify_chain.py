@@ -228,6 +228,7 @@ def verify_receipt_ledger(
     Streams the file once; memory is bounded by its longest line. Verifies what the file held
     when it was opened; an append in flight then shows as a ``torn_tail``.
 
+    :param path: the ledger file.
     :param expected_root_hash: a root hash saved earlier (see :func:`receipt_ledger_manifest`):
         some record must have it, or the ledger was truncated before it or rewritten since.
         Records appended after it are fine.

@@ -88,6 +88,8 @@ class PostgresLedger(Connections):
         connection that is not in autocommit mode gets a transaction block per operation, and
         one with a transaction already open is refused (the append would be committed, or lost,
         with the caller's transaction, holding the ledger's row lock until then).
+    :param run_id: the run's id, stored raw (no sanitising).
+    :param node_id: the node's id, likewise.
     :param hash_chain: write schema-2 records, chained by SHA-256, as
         ``AttemptLedger(..., hash_chain=True)`` does (the server hashes each line under the
         ledger's row lock; the lines are the file ledger's, byte for byte). A ledger whose last

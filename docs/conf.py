@@ -3,6 +3,8 @@ command line from the argparse parser (sphinx-argparse). Built by .ci/run with -
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ nitpick_ignore_regex = [
 ]
 
 _logger = logging.getLogger(__name__)
+_PARAM = re.compile(r"\s*:param (?:[^:]+ )?(\w+):")
 
 
 def _require_docstring(
@@ -60,6 +63,33 @@ def _require_docstring(
     # A public name with no docstring fails the build (-W), so the reference cannot have holes.
     if not any(line.strip() for line in lines) and not name.split(".")[-1].startswith("_"):
         _logger.warning("%s %s has no docstring", what, name, type="autodoc", subtype="missing")
+
+
+def _require_params(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    # A docstring that documents its parameters (":param x:") must document all of them.
+    documented = {m[1] for m in (_PARAM.match(line) for line in lines) if m}
+    if not documented or what not in ("function", "method", "class"):
+        return
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    wanted = {
+        p.name
+        for p in signature.parameters.values()
+        if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    for missing in sorted(wanted - documented):
+        _logger.warning(
+            "%s %s: parameter %r is not documented",
+            what,
+            name,
+            missing,
+            type="autodoc",
+            subtype="param",
+        )
 
 
 def _resolve_short_name(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
@@ -80,4 +110,5 @@ def _resolve_short_name(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
 
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-docstring", _require_docstring)
+    app.connect("autodoc-process-docstring", _require_params)
     app.connect("missing-reference", _resolve_short_name)
