@@ -109,8 +109,11 @@ def append_receipt(
     :param state_dir: the directory whose ``automation_attempt_receipts`` is the root.
     :param draft: the event with its ids.
     :param hash_chain: as for :func:`append_receipts`.
+    :raises TypeError: if ``draft`` is not a :class:`ReceiptDraft`.
     :raises LedgerError: as :meth:`AttemptLedger.append`.
     """
+    if not isinstance(draft, ReceiptDraft):
+        raise TypeError(f"draft must be a ReceiptDraft, not {type(draft).__name__}")
     summary = append_receipts(
         receipts_root_for_state_dir(state_dir),
         draft.run_id,

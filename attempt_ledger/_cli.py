@@ -34,6 +34,7 @@ from ._cli_support import (
     json_text,
     ledger_args,
     number,
+    one_line,
     one_or_all,
     root_dir,
 )
@@ -133,10 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, root)
     except UsageError as error:
-        print(f"attempt-ledger: {error}", file=sys.stderr)
+        print(f"attempt-ledger: {one_line(error)}", file=sys.stderr)
         return USAGE
     except (LedgerError, Failure) as error:
-        print(f"attempt-ledger: {error}", file=sys.stderr)
+        print(f"attempt-ledger: {one_line(error)}", file=sys.stderr)
         return FAILURE
     except BrokenPipeError:  # `attempt-ledger show ... | head`
         sys.stderr.close()
@@ -233,6 +234,8 @@ def _append(args: argparse.Namespace, root: Path) -> int:
             payload = None if args.payload is None else json.loads(args.payload)
         except ValueError as error:
             raise UsageError(f"--payload is not JSON: {error}") from None
+        except RecursionError:  # nested past the stack: far past what a payload may nest
+            raise UsageError("--payload is not JSON this library reads: nested too deep") from None
         events = [ReceiptEvent(args.event_type, payload)]
     else:
         if args.payload is not None:

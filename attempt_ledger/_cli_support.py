@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._errors import LedgerIOError
+from ._files import _not_regular
 from ._records import U32_MAX, U64_MAX
 
 USAGE, FAILURE = 2, 3
@@ -84,15 +85,23 @@ def json_text(obj: Any) -> str:
     return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: the database driver's span lines (a hint below)."""
+    return _LINE_BREAKS.sub(" ", str(error).strip())
+
+
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+\s*")
+
+
 def existing(path: Path, *, required: bool = True) -> Path:
-    """Check the ledger at ``path`` is a regular file (opening a FIFO would block), or missing
-    when not ``required``.
+    """Check the ledger at ``path`` is a regular file (opening a FIFO would block; a symbolic
+    link is never followed), or missing when not ``required``.
 
     :raises UsageError: if it is missing and ``required``.
     :raises LedgerIOError: if it is not a regular file, or cannot be looked up.
     """
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode  # a symlink is named as one, dangling or not
     except FileNotFoundError:
         if required:
             raise UsageError(f"{path}: no such ledger") from None
@@ -100,7 +109,7 @@ def existing(path: Path, *, required: bool = True) -> Path:
     except OSError as error:
         raise LedgerIOError.wrap(path, "open the ledger", error) from error
     if not stat.S_ISREG(mode):
-        raise LedgerIOError(path, "cannot open the ledger: not a regular file")
+        raise _not_regular(path, mode, None)
     return path
 
 

@@ -64,6 +64,8 @@ def ledger_summaries(root: Path) -> Iterator[dict[str, object]]:
                 first = first or record
         try:
             size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # removed since it was listed (remove_run, prune): not a ledger now
         except OSError as error:
             raise LedgerIOError.wrap(path, "read the ledger", error) from error
         yield {
@@ -257,6 +259,8 @@ def read_events(stream: TextIO, name: str = "<stdin>") -> list[ReceiptEvent]:
             obj = json.loads(text)
         except ValueError as error:
             raise ValueError(f"{name} line {number}: not JSON: {error}") from None
+        except RecursionError:  # nested past the stack: far past what a payload may nest
+            raise ValueError(f"{name} line {number}: nested too deep") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("event_type"), str):
             raise ValueError(f"{name} line {number}: expected an object with a string event_type")
         unknown = set(obj) - {"event_type", "payload"}

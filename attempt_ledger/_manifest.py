@@ -15,6 +15,7 @@ import time
 import attrs
 
 from ._chain import check_hash
+from ._cli_support import json_text
 from ._verify_chain import ReceiptLedgerVerification, verify_receipt_ledger
 
 
@@ -36,8 +37,12 @@ class ReceiptLedgerManifest:
     valid: bool
 
     def to_json(self) -> str:
-        """Return the manifest as one JSON object, fields in order."""
-        return json.dumps(attrs.asdict(self), ensure_ascii=False)
+        """Return the manifest as one JSON object, fields in order.
+
+        A path that is not UTF-8 (its bytes as lone surrogates) is written with ``\\u``
+        escapes, so the text can be saved as UTF-8 and read back to the same path.
+        """
+        return json_text(attrs.asdict(self))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ReceiptLedgerManifest:
@@ -45,7 +50,10 @@ class ReceiptLedgerManifest:
 
         :raises ValueError: if ``text`` is not such an object.
         """
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except RecursionError:  # nested past the stack: no manifest
+            raise ValueError("a manifest is a JSON object, not text nested this deep") from None
         if not isinstance(obj, dict):
             raise ValueError("a manifest is a JSON object")
         obj.setdefault("valid", obj.get("root_hash") is not None)
@@ -70,7 +78,7 @@ def receipt_ledger_manifest(path: str | os.PathLike[str]) -> ReceiptLedgerManife
     """
     result = verify_receipt_ledger(path, max_problems=0)
     return ReceiptLedgerManifest(
-        ledger_path=os.fspath(path),
+        ledger_path=os.fsdecode(path),  # a str, for bytes paths too
         schema_version=result.schema_version,
         record_count=result.record_count,
         last_seq=result.last_seq,
@@ -90,10 +98,14 @@ def check_receipt_ledger_manifest(
 
     :param manifest: the manifest saved earlier.
     :param path: the ledger; by default the manifest's ``ledger_path``.
+    :raises TypeError: if ``manifest`` is not a :class:`ReceiptLedgerManifest`.
     :raises ValueError: if the manifest holds no root hash (its ledger was not a valid hashed
         ledger), so there is nothing to check against.
     :raises LedgerIOError: if the path cannot be read.
     """
+    if not isinstance(manifest, ReceiptLedgerManifest):
+        kind = type(manifest).__name__
+        raise TypeError(f"manifest must be a ReceiptLedgerManifest (see from_json), not {kind}")
     if manifest.root_hash is None:
         raise ValueError("the manifest holds no root hash: its ledger was not valid and hashed")
     target = manifest.ledger_path if path is None else path

@@ -123,12 +123,15 @@ def iter_ledgers(root: str | os.PathLike[str]) -> Iterator[tuple[str, str, Path]
     except FileNotFoundError:
         return
     for run in runs:
-        with os.scandir(base / run) as entries:
-            names = sorted(
-                e.name
-                for e in entries
-                if e.name.endswith(LEDGER_SUFFIX) and e.is_file(follow_symlinks=False)
-            )
+        try:
+            with os.scandir(base / run) as entries:
+                names = sorted(
+                    e.name
+                    for e in entries
+                    if e.name.endswith(LEDGER_SUFFIX) and e.is_file(follow_symlinks=False)
+                )
+        except FileNotFoundError:
+            continue  # removed since the runs were listed (remove_run, prune): no ledgers now
         for name in names:
             yield run, name[: -len(LEDGER_SUFFIX)], base / run / name
 

@@ -30,10 +30,10 @@ from ._pgschema import (
     NOT_LISTENING,
 )
 from ._protocol import AsyncLedger
-from ._reconcile import afollow_with, areconcile
+from ._reconcile import afollow_with, areconcile, check_number
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 from ._watch import AsyncWaiter
-from .postgres import LedgerConnectionError, PostgresLedger, _check_number
+from .postgres import LedgerConnectionError, PostgresLedger
 
 _PAGE = 1000
 
@@ -250,9 +250,9 @@ class AsyncPostgresLedger:
         :raises TypeError: if an argument is not a number of the right kind.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("expected_min_seq", expected_min_seq, int)
-        _check_number("max_wait_ms", max_wait_ms, int, float)
-        _check_number("poll_interval_ms", poll_interval_ms, int, float)
+        check_number("expected_min_seq", expected_min_seq, (int,))
+        check_number("max_wait_ms", max_wait_ms)
+        check_number("poll_interval_ms", poll_interval_ms)
         async with self._listening() as wait:
             waiter = AsyncWaiter(None, sleep=wait)
             return await areconcile(

@@ -195,6 +195,41 @@ class Chunks:
         return chunk
 
 
+def check_number(name: str, value: object, kinds: tuple[type, ...] = (int, float)) -> None:
+    """Check an argument of the waiting loops before any I/O: a number of ``kinds``.
+
+    :raises TypeError: if ``value`` is not one (a ``bool`` is not).
+    :raises ValueError: if it is NaN (a NaN deadline never passes: every comparison is False).
+    """
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join(kind.__name__ for kind in kinds)
+        raise TypeError(f"{name} must be {wanted}, not {value!r}")
+    if value != value:
+        raise ValueError(f"{name} must be a number, not NaN")
+
+
+def _check_reconcile(
+    expected_min_seq: object, max_wait_ms: object, poll_interval_ms: object
+) -> None:
+    check_number("expected_min_seq", expected_min_seq)
+    check_number("max_wait_ms", max_wait_ms)
+    check_number("poll_interval_ms", poll_interval_ms)
+
+
+def check_follow(since_seq: object, poll_interval: object, timeout: object, stop: object) -> None:
+    """Check ``follow``'s arguments before any I/O.
+
+    :raises TypeError: if one is of the wrong kind.
+    :raises ValueError: if a number is NaN.
+    """
+    check_number("since_seq", since_seq, (int,))
+    check_number("poll_interval", poll_interval)
+    if timeout is not None:
+        check_number("timeout", timeout)
+    if stop is not None and not callable(getattr(stop, "is_set", None)):
+        raise TypeError(f"stop must be a threading.Event or None, not {stop!r}")
+
+
 def reconcile(
     read_seq: Callable[[], int],
     expected_min_seq: int,
@@ -219,6 +254,7 @@ def reconcile(
         and ``sleep`` is the default); the poll interval stays as the safety net.
     :raises OSError: if reading the ledger fails.
     """
+    _check_reconcile(expected_min_seq, max_wait_ms, poll_interval_ms)
     steps = _reconcile_steps(expected_min_seq, max_wait_ms, poll_interval_ms, clock, _stopped(stop))
     *_, summary = _drive(steps, read_seq, lambda _: [], Waiter(sleep, stop, watch))
     assert isinstance(summary, ReconcileSummary)
@@ -233,6 +269,7 @@ async def areconcile(
     waiter: AsyncWaiter,
 ) -> ReconcileSummary:
     """:func:`reconcile`, awaiting ``read_seq`` and the ``waiter``."""
+    _check_reconcile(expected_min_seq, max_wait_ms, poll_interval_ms)
     stopped = _stopped(waiter._stop)
     steps = _reconcile_steps(
         expected_min_seq, max_wait_ms, poll_interval_ms, time.monotonic, stopped
@@ -261,8 +298,11 @@ def follow(
     (monotonic) pass without being stopped early by either; ``None`` for both follows until
     the consumer stops iterating.
 
+    :raises TypeError: if an argument is of the wrong kind (as :meth:`PostgresLedger.follow`).
+    :raises ValueError: if a number is NaN.
     :raises LedgerIOError: if the ledger exists but cannot be read.
     """
+    check_follow(since_seq, poll_interval, timeout, stop)
     return follow_with(
         file_reader(path, since_seq),
         lambda: read_last_seq(path),

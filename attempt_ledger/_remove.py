@@ -307,7 +307,6 @@ def _unlink(path: Path, action: str) -> bool:
 # -- prune --------------------------------------------------------------------------------------
 
 _DURATION = re.compile(r"([0-9]{1,15})([smhd])")
-_LIST_ATTEMPTS = 100
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -365,15 +364,11 @@ def runs_older_than(root: Path, cutoff_ms: int) -> list[tuple[Path, list[Path]]]
 
 
 def _list_ledgers(root: Path) -> list[tuple[str, str, Path]]:
-    for _ in range(_LIST_ATTEMPTS):
-        try:
-            return list(iter_ledgers(root))
-        except FileNotFoundError:
-            # A run directory went while it was being listed (another prune): list again.
-            continue
-        except OSError as error:
-            raise LedgerIOError.wrap(error.filename or root, "list the ledgers", error) from error
-    raise LedgerIOError(root, "cannot list the ledgers: run directories keep vanishing")
+    # A run directory that goes while it is listed (another prune) is skipped by iter_ledgers.
+    try:
+        return list(iter_ledgers(root))
+    except OSError as error:
+        raise LedgerIOError.wrap(error.filename or root, "list the ledgers", error) from error
 
 
 def prune_run(run_dir: Path, cutoff_ms: int, *, lock_timeout: float | None = None) -> Removal:

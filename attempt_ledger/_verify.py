@@ -121,6 +121,7 @@ def verify_ledger(
     run_ids: _Ids | None = None,
     *,
     lock_timeout: float = LOCK_TIMEOUT,
+    missing_ok: bool = False,
 ) -> Iterator[Problem]:
     """Yield the problems of one ledger, in file order.
 
@@ -129,12 +130,15 @@ def verify_ledger(
     file stands while the lock is held (taken briefly, on a shared read-only descriptor).
     A final line that lacks only its newline counts as a line, as readers count it.
 
-    :raises LedgerIOError: if the ledger or its lock file cannot be read.
+    :param missing_ok: a missing ledger has no problems (one removed since it was listed).
+    :raises LedgerIOError: if the ledger or its lock file cannot be read, or it is missing.
     :raises LockTimeout: if the lock stays taken for ``lock_timeout`` seconds.
     """
     checker = _Checker(path, run_name, node_name, run_ids if run_ids is not None else _Ids())
     fd = open_ledger(path)
     if fd is None:
+        if missing_ok:
+            return
         raise LedgerIOError(path, "cannot open the ledger: no such file", errno.ENOENT)
     number = end = 0
     try:
@@ -234,7 +238,9 @@ def verify_root(root: Path) -> Iterator[Problem]:
     chains included."""
     run_ids: dict[str, _Ids] = {}
     for run_name, node_name, path in list_ledgers(root):
-        yield from verify_ledger(path, run_name, node_name, run_ids.setdefault(run_name, _Ids()))
+        ids = run_ids.setdefault(run_name, _Ids())
+        # A ledger removed since it was listed (prune running meanwhile) is skipped.
+        yield from verify_ledger(path, run_name, node_name, ids, missing_ok=True)
         yield from chain_problems(path)
 
 

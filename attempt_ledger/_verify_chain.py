@@ -225,8 +225,9 @@ def verify_receipt_ledger(
 ) -> ReceiptLedgerVerification:
     """Verify the ledger at ``path``: seqs, every line's hash over its own bytes, the chain.
 
-    Streams the file once; memory is bounded by its longest line. Verifies what the file held
-    when it was opened; an append in flight then shows as a ``torn_tail``.
+    Streams the file once; memory is bounded by its longest line. Verifies the whole lines the
+    file held when it was opened: an append in flight then, whole by the time it is read, is
+    left out, not taken for a ``torn_tail``.
 
     :param path: the ledger file.
     :param expected_root_hash: a root hash saved earlier (see :func:`receipt_ledger_manifest`):
@@ -247,13 +248,16 @@ def verify_receipt_ledger(
         chain.add(ChainProblem(None, "missing", "no such file"))
         result = chain.finish(0, 0)
         return attrs.evolve(result, valid=False, schema_version=0)
-    end = 0
+    end = size = 0
 
     def snapshot() -> Iterator[bytes | None]:
-        nonlocal end
+        nonlocal end, size
         for line, line_end in iter_lines(fd):
             if line_end > size:
-                break  # appended after the file was opened
+                # Appended after the file was opened. Bytes of it already there then were an
+                # append in flight, now a whole line: not a torn tail.
+                size = end
+                break
             end = line_end
             yield line
 

@@ -51,7 +51,7 @@ from ._pgschema import (
     migrate,
 )
 from ._protocol import Ledger
-from ._reconcile import follow_with, reconcile
+from ._reconcile import check_follow, check_number, follow_with, reconcile
 from ._records import AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
 from ._transfer import copy_from_postgres, copy_to_postgres, ledger_ids
 from ._verify_chain import ReceiptLedgerVerification, verify_lines
@@ -68,13 +68,6 @@ __all__ = [
     "ledger_ids",
     "migrate",
 ]
-
-
-def _check_number(name: str, value: object, *kinds: type) -> None:
-    # Caught before any I/O, rather than as a database error halfway through or a wrong answer.
-    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:  # NaN
-        wanted = " or ".join(kind.__name__ for kind in kinds)
-        raise TypeError(f"{name} must be {wanted}, not {value!r}")
 
 
 class PostgresLedger(Connections):
@@ -248,7 +241,7 @@ class PostgresLedger(Connections):
         :raises TypeError: if ``since_seq`` is not an int.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("since_seq", since_seq, int)
+        check_number("since_seq", since_seq, (int,))
         return self._iter_records(since_seq)
 
     def _iter_records(self, since_seq: int) -> Iterator[ReceiptRecord]:
@@ -304,9 +297,9 @@ class PostgresLedger(Connections):
         :raises TypeError: if an argument is not a number of the right kind.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("expected_min_seq", expected_min_seq, int)
-        _check_number("max_wait_ms", max_wait_ms, int, float)
-        _check_number("poll_interval_ms", poll_interval_ms, int, float)
+        check_number("expected_min_seq", expected_min_seq, (int,))
+        check_number("max_wait_ms", max_wait_ms)
+        check_number("poll_interval_ms", poll_interval_ms)
         with self._listening() as wait:
             return reconcile(
                 self.last_seq,
@@ -333,12 +326,7 @@ class PostgresLedger(Connections):
         :raises TypeError: if an argument is of the wrong kind.
         :raises LedgerDatabaseError: if the database fails.
         """
-        _check_number("since_seq", since_seq, int)
-        _check_number("poll_interval", poll_interval, int, float)
-        if timeout is not None:
-            _check_number("timeout", timeout, int, float)
-        if stop is not None and not callable(getattr(stop, "is_set", None)):
-            raise TypeError(f"stop must be a threading.Event or None, not {stop!r}")
+        check_follow(since_seq, poll_interval, timeout, stop)
         return self._follow(since_seq, poll_interval, stop, timeout, clock)
 
     def _follow(

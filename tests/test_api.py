@@ -64,3 +64,16 @@ def test_cache_is_bounded_and_evicts_the_least_recently_used(
     clear_cache()
     assert len(os.listdir("/proc/self/fd")) == fds
     assert not api._cache
+
+
+def test_append_receipt_refuses_what_is_not_a_draft(tmp_path: Path) -> None:
+    # It raised AttributeError ('NoneType' object has no attribute 'run_id').
+    draft = ReceiptDraft("run", "node", 1, "s", "start", None)
+    for wrong in (None, "draft", ReceiptEvent("start"), vars_of(draft)):
+        with pytest.raises(TypeError, match="ReceiptDraft"):
+            append_receipt(tmp_path, wrong)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
+def vars_of(draft: ReceiptDraft) -> dict[str, object]:
+    return {name: getattr(draft, name) for name in ("run_id", "node_id", "attempt", "session_id")}

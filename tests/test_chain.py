@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from attempt_ledger import (
@@ -419,3 +420,62 @@ def test_a_hashed_line_nested_deeper_than_upstream_reads_is_not_a_record(tmp_pat
     result = verify_receipt_ledger(path)
     assert result.record_count == 0
     assert not result.valid
+
+
+def test_manifest_functions_refuse_wrong_types_and_deep_text(tmp_path: Path) -> None:
+    # from_json raised RecursionError (documented: ValueError); a dict or a path given as the
+    # manifest raised AttributeError.
+    with pytest.raises(ValueError, match="manifest"):
+        ReceiptLedgerManifest.from_json("[" * 100_000)
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(chain(1))
+    saved = json.loads(receipt_ledger_manifest(path).to_json())
+    for wrong in (None, saved, str(path)):
+        with pytest.raises(TypeError, match="ReceiptLedgerManifest"):
+            check_receipt_ledger_manifest(wrong)  # type: ignore[arg-type]
+
+
+def test_an_append_in_flight_when_verify_opens_the_file_is_not_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verify takes the file's size, then reads. A writer's line half written at that moment (a
+    # line across a page boundary is visible in part) was reported as a torn tail, so a healthy
+    # ledger being appended to verified invalid and its manifest had no root hash.
+    import attempt_ledger._verify_chain as verify_chain
+
+    path = tmp_path / "ledger.jsonl"
+    data = chain(2)
+    full = chain(1, data)
+    half = len(data) + (len(full) - len(data)) // 2
+    path.write_bytes(full[:half])  # the writer is half way through the third line
+    reading = verify_chain.iter_lines
+
+    def writer_finishes_first(fd: int) -> object:
+        with path.open("ab") as f:  # after verify took the size, before it reads
+            f.write(full[half:])
+        return reading(fd)
+
+    monkeypatch.setattr(verify_chain, "iter_lines", writer_finishes_first)
+    result = verify_receipt_ledger(path)
+    assert result.valid, result.problems
+    assert result.record_count == 2  # what the file held when it was opened
+    assert result.root_hash == verify_bytes(tmp_path, data).root_hash
+    # A tail torn by a crash, with nothing after it, is still one.
+    monkeypatch.setattr(verify_chain, "iter_lines", reading)
+    path.write_bytes(full[:half])
+    assert fatal(verify_receipt_ledger(path)) == ["torn_tail"]
+
+
+def test_a_manifest_of_any_path_can_be_saved_and_read_back(tmp_path: Path) -> None:
+    # to_json kept a path that is not UTF-8 as lone surrogates (the text could not be written
+    # to a UTF-8 file), and a bytes path as bytes (to_json raised TypeError).
+    path = tmp_path / os.fsdecode(b"ledger-\xff.jsonl")
+    path.write_bytes(chain(2))
+    for given in (path, os.fsencode(path)):
+        manifest = receipt_ledger_manifest(given)
+        saved = tmp_path / "manifest.json"
+        saved.write_text(manifest.to_json(), encoding="utf-8")
+        again = ReceiptLedgerManifest.from_json(saved.read_bytes())
+        assert again == attrs.evolve(manifest, ledger_path=str(path))
+        assert os.fsencode(again.ledger_path) == os.fsencode(path)
+        assert check_receipt_ledger_manifest(again).valid

@@ -629,3 +629,34 @@ def test_append_with_stdin_closed(root: Path) -> None:
         check=False,
     )
     one_line_error(done, 2, "stdin is closed")
+
+
+def test_input_nested_past_the_stack_is_bad_input(root: Path) -> None:
+    # json.loads raised RecursionError, which came out as a traceback (exit 1).
+    deep = "[" * 100_000 + "]" * 100_000
+    done = run(root, *APPEND_R_N, stdin='{"event_type": "a", "payload": ' + deep + "}\n")
+    one_line_error(done, 2, "<stdin> line 1", "nested too deep")
+    done = run(root, *APPEND_R_N, "--event-type", "a", "--payload", "[" * 50_000)
+    one_line_error(done, 2, "--payload", "nested too deep")
+    assert not receipts_path(root, "r", "n").exists()
+
+
+@pytest.mark.parametrize("command", ["show", "tail", "verify", "manifest", "last-seq"])
+def test_a_dangling_symlink_at_the_ledger_is_named_as_a_symlink(root: Path, command: str) -> None:
+    # The check followed the link: a dangling one read as "no such ledger" (exit 2), while an
+    # append refuses the same path as a symbolic link; last-seq printed 0.
+    path = receipts_path(root, "r", "n")
+    path.parent.mkdir(parents=True)
+    path.symlink_to(root / "elsewhere.jsonl")
+    done = run(root, command, "r", "n")
+    one_line_error(done, 3, str(path), "symbolic link")
+    assert not (root / "elsewhere.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [["pg-migrate"], ["from-postgres", "r", "n"]])
+def test_a_database_error_is_one_line(root: Path, command: list[str]) -> None:
+    # psycopg's connection errors carry a hint on a second line, printed as it was.
+    pytest.importorskip("psycopg")
+    done = run(root, *command, "--dsn", "host=/nonexistent dbname=x")
+    one_line_error(done, 3, "attempt-ledger: ", "Is the server running")
+    assert not root.exists() or not any(root.rglob("*.jsonl"))

@@ -264,3 +264,23 @@ def test_a_record_appended_while_follow_takes_its_start_is_not_skipped(
     )
     assert next(followed).seq == 4
     followed.close()
+
+
+def test_follow_refuses_arguments_of_the_wrong_kind_as_postgres_does(root: Path) -> None:
+    # stop=1 raised AttributeError, a NaN poll "cannot convert float NaN to integer" only once
+    # the records were read; PostgresLedger.follow refuses them all with TypeError up front.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    nan = float("nan")
+    for bad, error in (
+        ({"since_seq": "0"}, TypeError),
+        ({"since_seq": 0.5}, TypeError),
+        ({"since_seq": True}, TypeError),
+        ({"poll_interval": "1"}, TypeError),
+        ({"poll_interval": nan}, ValueError),
+        ({"timeout": "1"}, TypeError),
+        ({"timeout": nan}, ValueError),
+        ({"stop": 1}, TypeError),
+    ):
+        with pytest.raises(error, match=next(iter(bad))):
+            ledger.follow(**bad)  # type: ignore[arg-type]

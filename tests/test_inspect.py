@@ -143,3 +143,17 @@ def test_reading_back_finds_what_reading_forward_finds(
         os.close(fd)
     assert [r for r in reversed(backward) if r is not None] == forward
     assert [r for r, _ in last_records(path, len(forward) + 1)] == forward
+
+
+def test_ls_skips_a_ledger_removed_while_listing(tmp_path: Path) -> None:
+    # A ledger removed between the listing and its size (prune running meanwhile) made `ls`
+    # fail with "cannot read the ledger: No such file" (exit 3).
+    from attempt_ledger import remove_ledger
+    from attempt_ledger._inspect import ledger_summaries
+
+    for node in ("m", "n"):
+        AttemptLedger(tmp_path, "a", node).append(1, "s", [ReceiptEvent("e")])
+    summaries = ledger_summaries(tmp_path)
+    assert next(summaries)["node"] == "m"
+    assert remove_ledger(tmp_path, "a", "n").ledgers
+    assert list(summaries) == []

@@ -132,3 +132,16 @@ def test_iter_ledgers_lists_regular_files_only(tmp_path: Path) -> None:
     os.mkfifo(run / "fifo.jsonl")
     (tmp_path / "linked-run").symlink_to(run)  # run directories may be symlinks
     assert [(r, n) for r, n, _ in iter_ledgers(tmp_path)] == [("linked-run", "a"), ("run", "a")]
+
+
+def test_iter_ledgers_skips_a_run_removed_while_listing(tmp_path: Path) -> None:
+    # The runs are listed first, then each is read: a run that prune removed in between raised
+    # FileNotFoundError, so `ls` and `verify --all` failed (exit 3) whenever prune ran meanwhile.
+    from attempt_ledger import AttemptLedger, ReceiptEvent, iter_ledgers, remove_run
+
+    for run in ("a", "b"):
+        AttemptLedger(tmp_path, run, "n").append(1, "s", [ReceiptEvent("e")])
+    listing = iter_ledgers(tmp_path)
+    assert next(listing)[:2] == ("a", "n")
+    assert remove_run(tmp_path, "b").dir_removed
+    assert list(listing) == []

@@ -92,3 +92,20 @@ def test_reconcile_receipts_reads_the_file(root: Path) -> None:
     ledger.append(1, "s", [ReceiptEvent("e")] * 3)
     summary = reconcile_receipts(ledger.path, 3, 0, 1)
     assert (summary.found, summary.last_seq, summary.attempts) == (True, 3, 1)
+
+
+@pytest.mark.parametrize("field", ["expected_min_seq", "max_wait_ms", "poll_interval_ms"])
+def test_nan_and_wrong_types_are_refused_instead_of_waiting_for_ever(field: str) -> None:
+    # A NaN deadline never passes (every comparison is False): the loop polled for ever.
+    clock = FakeClock()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        assert len(clock.sleeps) < 100, "reconcile kept polling past any deadline"
+
+    arguments = {"expected_min_seq": 5, "max_wait_ms": 50, "poll_interval_ms": 10}
+    for bad, error in ((float("nan"), ValueError), ("10", TypeError), (True, TypeError)):
+        call = {**arguments, field: bad}
+        with pytest.raises(error, match=field):
+            reconcile(lambda: 0, **call, clock=clock, sleep=sleep)  # type: ignore[arg-type]
+    assert clock.sleeps == []

@@ -184,3 +184,14 @@ def test_a_fifo_at_the_lock_path_is_not_waited_on(root: Path) -> None:
     ledger.path.write_bytes(_line(ledger, 1) + b'{"seq":')
     os.mkfifo(ledger.lock_path)
     assert _verify(ledger) == [f"{ledger.path}: torn-tail: 7 bytes after the last newline"]
+
+
+def test_verify_all_skips_a_ledger_removed_while_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `verify --all` lists the ledgers, then reads each: one removed in between (prune running
+    # meanwhile) raised "no such file" (exit 3) instead of being skipped.
+    AttemptLedger(tmp_path, "a", "m").append(1, "s", [ReceiptEvent("e")])
+    listed = [*verify_module.list_ledgers(tmp_path), ("a", "n", tmp_path / "a" / "n.jsonl")]
+    monkeypatch.setattr(verify_module, "list_ledgers", lambda root: iter(listed))
+    assert list(verify_module.verify_root(tmp_path)) == []
