@@ -79,6 +79,12 @@ def append_receipts(
 
     See :meth:`AttemptLedger.append`; ids that are not ``str`` raise :class:`InvalidEvent`.
 
+    :param root: the receipts root.
+    :param run_id: the run's id, stored raw; sanitized only for the path.
+    :param node_id: the node's id, likewise.
+    :param attempt: as for :meth:`AttemptLedger.append`.
+    :param session_id: likewise.
+    :param events: likewise.
     :param hash_chain: write schema-2 (hash-chained) records, as ``AttemptLedger(...,
         hash_chain=True)``; a ledger whose last record is hashed is continued as a chain anyway.
     :raises LedgerError: as :meth:`AttemptLedger.append`.
@@ -100,6 +106,8 @@ def append_receipt(
     As in the seed, ``record_count`` is the number of well-typed records in the whole file after
     the append, which costs a read of the whole file.
 
+    :param state_dir: the directory whose ``automation_attempt_receipts`` is the root.
+    :param draft: the event with its ids.
     :param hash_chain: as for :func:`append_receipts`.
     :raises TypeError: if ``draft`` is not a :class:`ReceiptDraft`.
     :raises LedgerError: as :meth:`AttemptLedger.append`.
@@ -133,7 +141,7 @@ def read_last_seq(path: str | os.PathLike[str]) -> int:
 
 
 def read_receipt_records(path: str | os.PathLike[str]) -> list[ReceiptRecord]:
-    """Return the well-typed records of the ledger at ``path``, in file order.
+    r"""Return the well-typed records of the ledger at ``path``, in file order.
 
     Malformed lines, blank lines, invalid UTF-8 and a final unterminated fragment that does not
     parse are skipped; a final record that lost only its ``\n`` is returned. A missing file is

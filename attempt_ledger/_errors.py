@@ -129,7 +129,9 @@ class LedgerIOError(LedgerError, OSError):
     def wrap(cls, path: str | os.PathLike[str], action: str, error: OSError) -> LedgerIOError:
         """Describe ``error``, raised while doing ``action`` on ``path``.
 
+        :param path: the file or directory concerned.
         :param action: what was being done, as a verb phrase ("open the ledger").
+        :param error: the ``OSError`` raised; its ``errno`` and ``strerror`` name the cause.
         """
         cause = error.strerror or str(error)
         return cls(path, f"cannot {action}: {cause}", error.errno)

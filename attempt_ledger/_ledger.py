@@ -121,6 +121,9 @@ class AttemptLedger:
         write loop. If that write fails, the file is truncated back to its size before the
         append. An empty batch writes and creates nothing.
 
+        :param attempt: the attempt number, an ``int`` in 0..2**32-1.
+        :param session_id: who appends (a worker, a session), stored raw.
+        :param events: the events to record (:class:`ReceiptEvent`), one line each, in order.
         :returns: the ledger path, the seq of the last record written, and how many were written.
         :raises InvalidEvent: if an id, ``attempt`` or an event is not valid; nothing is written.
         :param expected_last_seq: append only if the ledger's last seq (as :meth:`last_seq`

@@ -96,6 +96,7 @@ def check_receipt_ledger_manifest(
     Catches what no chain can: truncation to a prefix, and a rewrite with fresh hashes (as
     ``root_hash_not_found``). Records appended since the manifest was made are fine.
 
+    :param manifest: the manifest saved earlier.
     :param path: the ledger; by default the manifest's ``ledger_path``.
     :raises TypeError: if ``manifest`` is not a :class:`ReceiptLedgerManifest`.
     :raises ValueError: if the manifest holds no root hash (its ledger was not a valid hashed

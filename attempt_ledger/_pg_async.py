@@ -47,6 +47,8 @@ class AsyncPostgresLedger:
         caller owns (never closed here); or an async pool (anything with psycopg_pool's
         ``AsyncConnectionPool.connection()``: a connection is borrowed per operation).
         As for the blocking ledger, each operation commits on its own.
+    :param run_id: the run's id, stored raw (no sanitising).
+    :param node_id: the node's id, likewise.
     :param hash_chain: as for :class:`~attempt_ledger.postgres.PostgresLedger`.
     :raises TypeError: if ``conninfo`` is none of these, ``run_id`` or ``node_id`` is not a
         ``str``, or ``hash_chain`` not a ``bool``.

@@ -73,6 +73,9 @@ def remove_ledger(
     removal is in the removed file, one that takes it after starts a new ledger at the path.
     A missing ledger is not an error (``files`` is empty).
 
+    :param root: the receipts root.
+    :param run_id: the run's raw id.
+    :param node_id: the node's raw id.
     :param lock_timeout: seconds to wait for the lock; ``None`` waits as long as it takes.
     :raises TypeError: if an id is not a ``str``.
     :raises ValueError: if ``lock_timeout`` is negative.

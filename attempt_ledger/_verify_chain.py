@@ -229,6 +229,7 @@ def verify_receipt_ledger(
     file held when it was opened: an append in flight then, whole by the time it is read, is
     left out, not taken for a ``torn_tail``.
 
+    :param path: the ledger file.
     :param expected_root_hash: a root hash saved earlier (see :func:`receipt_ledger_manifest`):
         some record must have it, or the ledger was truncated before it or rewritten since.
         Records appended after it are fine.

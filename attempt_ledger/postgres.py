@@ -18,7 +18,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import psycopg
+try:
+    import psycopg
+except ModuleNotFoundError as error:  # an optional part: say which extra brings it
+    if error.name != "psycopg":
+        raise
+    raise ModuleNotFoundError(
+        "attempt_ledger.postgres needs psycopg, which is not installed: "
+        "pip install 'attempt_ledger[postgres]'",
+        name=error.name,
+    ) from error
 
 from ._chain import chain_head
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
@@ -72,6 +81,8 @@ class PostgresLedger(Connections):
         connection that is not in autocommit mode gets a transaction block per operation, and
         one with a transaction already open is refused (the append would be committed, or lost,
         with the caller's transaction, holding the ledger's row lock until then).
+    :param run_id: the run's id, stored raw (no sanitising).
+    :param node_id: the node's id, likewise.
     :param hash_chain: write schema-2 records, chained by SHA-256, as
         ``AttemptLedger(..., hash_chain=True)`` does (the server hashes each line under the
         ledger's row lock; the lines are the file ledger's, byte for byte). A ledger whose last

@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_readme_python_examples_run() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) >= 4
+    assert len(blocks) >= 1  # the rest of the examples live in docs/ (tests/test_docs.py)
     dsn = os.environ.get("ATTEMPT_LEDGER_PG_DSN")
     namespace: dict[str, object] = {"dsn": dsn}
     ran = 0
