@@ -59,10 +59,12 @@ class Ticket:
     watches the ledger's own directory and that directory has not gone: a waiter then keeps
     it from one wait to the next instead of arming a new one."""
 
-    __slots__ = ("name", "reusable", "wake", "wd")
+    __slots__ = ("extra", "name", "reusable", "wake", "wd")
 
     def __init__(self, wd: int, name: str, wake: Callable[[], None], reusable: bool) -> None:
         self.wd, self.name, self.wake, self.reusable = wd, name, wake, reusable
+        #: A second ticket, on the directory's parent, while the ledger is missing (see arm).
+        self.extra: Ticket | None = None
 
 
 def watch_target(path: Path) -> tuple[Path, str]:
@@ -111,23 +113,42 @@ class Hub:
                 if own or watch_target(path)[0] == directory:
                     ticket = Ticket(wd, name, wake, own)
                     self.tickets.setdefault(wd, set()).add(ticket)
+                    if own and not os.path.lexists(path):
+                        self._watch_parent(ticket, directory)
                     return ticket
                 if wd not in self.tickets:
                     with contextlib.suppress(OSError):
                         self.inotify.rm_watch(wd)
         return None  # a tree that keeps changing under us: poll this round
 
+    def _watch_parent(self, ticket: Ticket, directory: Path) -> None:
+        # The ledger is missing and its directory may go next: while a file in it is still
+        # open, the kernel does not report the directory gone, so watch for its name in the
+        # parent too (mutex held). Without that watch, the next wake-up is the poll.
+        try:
+            wd = int(self.inotify.add_watch(directory.parent, _MASK))
+        except (OSError, ValueError):
+            return
+
+        def look_again() -> None:
+            ticket.reusable = False
+            ticket.wake()
+
+        ticket.extra = Ticket(wd, directory.name, look_again, False)
+        self.tickets.setdefault(wd, set()).add(ticket.extra)
+
     def disarm(self, ticket: Ticket) -> None:
         """Forget ``ticket``; the last ticket on a watch removes the watch."""
         with self.mutex:
-            group = self.tickets.get(ticket.wd)
-            if group is None or ticket not in group:
-                return
-            group.discard(ticket)
-            if not group:
-                del self.tickets[ticket.wd]
-                with contextlib.suppress(OSError):  # already gone with its directory
-                    self.inotify.rm_watch(ticket.wd)
+            for each in (ticket, ticket.extra):
+                group = None if each is None else self.tickets.get(each.wd)
+                if each is None or group is None or each not in group:
+                    continue
+                group.discard(each)
+                if not group:
+                    del self.tickets[each.wd]
+                    with contextlib.suppress(OSError):  # already gone with its directory
+                        self.inotify.rm_watch(each.wd)
 
     def dispatch(self) -> None:
         """Read the pending events and wake the tickets they concern."""

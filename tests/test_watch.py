@@ -342,7 +342,8 @@ def test_a_directory_made_while_the_watch_is_added_is_watched_instead(tmp_path: 
     woken = threading.Event()
     try:
         assert hub.arm(ledger.path, woken.set) is not None
-        assert calls == [tmp_path, ledger.path.parent]
+        # (and the run directory's parent: the ledger is missing, so its directory may go)
+        assert calls == [tmp_path, ledger.path.parent, ledger.path.parent.parent]
         ledger.append(1, "s", EV)
         while not woken.is_set():
             assert select.select([hub.fileno()], [], [], 30)[0], "no event for the append"
@@ -385,3 +386,29 @@ def test_an_overflowed_queue_wakes_everyone_to_look_again(root: Path) -> None:
         assert not any(ticket.reusable for ticket in tickets if ticket is not None)
     finally:
         hub.close()
+
+
+def test_a_run_directory_removed_while_its_files_are_open_wakes_through_its_parent(
+    tmp_path: Path,
+) -> None:
+    # A follower that armed on the run directory between the ledger's removal and the
+    # directory's: the kernel reports that directory gone only once its open files are
+    # closed, so only the parent's watch can tell the follower to look again.
+    hub = watch.Hub()
+    ledger = AttemptLedger(tmp_path / "receipts", "run", "node")
+    ledger.append(1, "s", EV)  # keeps the ledger and its lock file open
+    ledger.path.unlink()
+    ledger.lock_path.unlink()
+    woken = threading.Event()
+    try:
+        ticket = hub.arm(ledger.path, woken.set)
+        assert ticket is not None
+        assert ticket.reusable  # on the run directory, which still exists
+        ledger.path.parent.rmdir()
+        while not woken.is_set():
+            assert select.select([hub.fileno()], [], [], 10)[0], "no event for the removal"
+            hub.dispatch()
+        assert not ticket.reusable  # the next arm looks for the directory again
+    finally:
+        hub.close()
+        ledger.close()
