@@ -4,8 +4,8 @@ file, and never blocking in ``open()``.
 A ledger or lock path may hold something planted there: a symlink would redirect appends to a
 file outside the root, a FIFO would swallow them (and block a reader's ``open()`` for ever), a
 device would discard them. So the last component is opened with ``O_NOFOLLOW`` (directories on
-the way may be symlinks: see the README's rule 6) and ``O_NONBLOCK``, and the descriptor is kept
-only if ``fstat`` says it is a regular file; ``O_NONBLOCK`` is then cleared again.
+the way may be symlinks: see rule 6 in docs/semantics.md) and ``O_NONBLOCK``, and the descriptor
+is kept only if ``fstat`` says it is a regular file; ``O_NONBLOCK`` is then cleared again.
 """
 
 from __future__ import annotations

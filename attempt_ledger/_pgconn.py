@@ -157,7 +157,7 @@ class Connections:
             conninfo = self._conninfo
         else:
             with self._use() as conn:
-                conninfo = conn.info.dsn  # without the password: see the README
+                conninfo = conn.info.dsn  # without the password: see docs/postgres.md
         return psycopg.connect(conninfo, autocommit=True)
 
     def close(self) -> None:
