@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path, reconcile_receipts
-from attempt_ledger._reconcile import reconcile
+from attempt_ledger._reconcile import (
+    Chunks,
+    check_follow,
+    check_number,
+    follow_with,
+    reconcile,
+    start_offset,
+)
 
 
 class FakeClock:
@@ -109,3 +119,98 @@ def test_nan_and_wrong_types_are_refused_instead_of_waiting_for_ever(field: str)
         with pytest.raises(error, match=field):
             reconcile(lambda: 0, **call, clock=clock, sleep=sleep)  # type: ignore[arg-type]
     assert clock.sleeps == []
+
+
+# Pinned by the mutation run over _reconcile (CONTRIBUTING.md, "Mutation testing").
+
+
+def test_a_negative_wait_reads_once_and_never_sleeps() -> None:
+    clock = FakeClock()
+    summary = reconcile(lambda: 0, 1, -50, 10, clock=clock, sleep=clock.sleep)
+    assert (summary.found, summary.attempts, summary.elapsed_ms) == (False, 1, 0)
+    assert clock.sleeps == []
+
+
+def _follow_nothing(
+    clock: FakeClock, *, poll_interval: float, timeout: float | None, stop: object = None
+) -> list[object]:
+    return list(
+        follow_with(
+            lambda _last: [],
+            lambda: 0,
+            0,
+            poll_interval=poll_interval,
+            stop=stop,  # type: ignore[arg-type]
+            timeout=timeout,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    )
+
+
+def test_follow_waits_while_half_a_millisecond_or_more_is_left() -> None:
+    clock = FakeClock()
+    clock.now = 0.0  # exact sums: 0.0 + 0.0005 - 0.0 is 0.0005
+    assert _follow_nothing(clock, poll_interval=1.0, timeout=0.0005) == []
+    assert clock.sleeps == [0.0005]
+    clock = FakeClock()
+    clock.now = 0.0
+    assert _follow_nothing(clock, poll_interval=1.0, timeout=0.00049) == []
+    assert clock.sleeps == []
+
+
+def test_follow_polls_in_whole_milliseconds_of_at_least_one() -> None:
+    for interval, poll in ((0.0001, 0.001), (0.0123, 0.012), (0.0127, 0.013)):
+        clock = FakeClock()
+        _follow_nothing(clock, poll_interval=interval, timeout=0.05)
+        assert clock.sleeps[0] == poll
+        assert sum(clock.sleeps) == pytest.approx(0.05)
+
+
+def test_follow_without_a_timeout_waits_at_most_an_hour_at_a_time() -> None:
+    stop = threading.Event()
+    clock = FakeClock(stop.set)  # ends the follow after its first wait
+    assert _follow_nothing(clock, poll_interval=5000.0, timeout=None, stop=stop) == []
+    assert clock.sleeps == [3600.0]
+
+
+def test_chunks_fetch_a_bounded_number_of_records_at_a_time() -> None:
+    opened: list[int] = []
+
+    def open_(last: int) -> Iterator[int]:
+        opened.append(last)
+        return itertools.count()  # never ends: a fetch must not read it all
+
+    chunks = Chunks(open_)  # type: ignore[arg-type]
+    assert chunks(7) == list(range(256))
+    assert chunks(9) == list(range(256, 512))
+    assert opened == [7]  # one iterator until a fetch comes back empty
+    ends = Chunks(lambda last: iter(range(last, 3)))  # type: ignore[arg-type]
+    assert ends(0) == [0, 1, 2]
+    assert ends(0) == []
+    assert ends(1) == [1, 2]  # reopened after the empty fetch
+
+
+def test_argument_errors_name_the_argument_the_kinds_and_the_value() -> None:
+    with pytest.raises(TypeError, match=r"^poll must be int or float, not '1'$"):
+        check_number("poll", "1")
+    with pytest.raises(TypeError, match=r"^seq must be int, not 0\.5$"):
+        check_number("seq", 0.5, (int,))
+    with pytest.raises(ValueError, match=r"^poll must be a number, not NaN$"):
+        check_number("poll", float("nan"))
+    with pytest.raises(TypeError, match=r"^stop must be a threading\.Event or None, not 1$"):
+        check_follow(0, 1.0, None, 1)
+    check_follow(0, 1, 2.5, threading.Event())
+
+
+def test_start_offset_is_the_end_only_of_a_file_ending_in_a_newline(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    assert start_offset(path, 0) == 0  # missing
+    path.write_bytes(b"")
+    assert start_offset(path, 0) == 0
+    path.write_bytes(b"\n")
+    assert start_offset(path, 0) == 1
+    path.write_bytes(b"x\n\n")
+    assert start_offset(path, 0) == 3
+    path.write_bytes(b"\nx")
+    assert start_offset(path, 0) == 0
