@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Iterator
@@ -10,12 +11,15 @@ import pytest
 from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path, reconcile_receipts
 from attempt_ledger._reconcile import (
     Chunks,
+    areconcile,
     check_follow,
     check_number,
     follow_with,
     reconcile,
     start_offset,
 )
+from attempt_ledger._records import ReconcileSummary
+from attempt_ledger._watch import AsyncWaiter
 
 
 class FakeClock:
@@ -214,3 +218,80 @@ def test_start_offset_is_the_end_only_of_a_file_ending_in_a_newline(tmp_path: Pa
     assert start_offset(path, 0) == 3
     path.write_bytes(b"\nx")
     assert start_offset(path, 0) == 0
+
+
+def test_reconcile_stops_when_no_more_than_a_nanosecond_is_left() -> None:
+    # A clock read at 1e-9 then 0.0: with max_wait_ms 0, exactly 1e-9 s is left after the read.
+    times = iter([1e-9, 0.0])
+    sleeps: list[float] = []
+    summary = reconcile(lambda: 0, 1, 0, 10, clock=lambda: next(times, 1.0), sleep=sleeps.append)
+    assert (summary.found, summary.attempts) == (False, 1)
+    assert sleeps == []
+
+
+def test_elapsed_ms_counts_milliseconds() -> None:
+    clock = FakeClock()
+    clock.now = 0.0
+    summary = reconcile(lambda: 0, 1, 1000, 250, clock=clock, sleep=clock.sleep)
+    assert (summary.attempts, summary.elapsed_ms) == (5, 1000)
+
+
+def test_argument_errors_name_the_argument_exactly() -> None:
+    bad = {"expected_min_seq": 5, "max_wait_ms": 50, "poll_interval_ms": 10}
+    for field in bad:
+        with pytest.raises(TypeError, match=rf"^{field} must be int or float, not '1'$"):
+            reconcile(lambda: 0, **{**bad, field: "1"})  # type: ignore[arg-type]
+    good: dict[str, object] = {"since_seq": 0, "poll_interval": 1.0, "timeout": None}
+    for field, kinds in (("since_seq", "int"), ("poll_interval", "int or float")):
+        with pytest.raises(TypeError, match=rf"^{field} must be {kinds}, not 0\.5j$"):
+            check_follow(**{**good, field: 0.5j, "stop": None})
+    with pytest.raises(TypeError, match=r"^since_seq must be int, not 0\.5$"):
+        check_follow(0.5, 1.0, None, None)
+    with pytest.raises(TypeError, match=r"^timeout must be int or float, not '1'$"):
+        check_follow(0, 1.0, "1", None)
+
+
+class _WaitedOn(threading.Event):
+    """An event that says when someone starts waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_setting_stop_cuts_a_reconcile_wait_short() -> None:
+    stop = _WaitedOn()
+    summaries: list[ReconcileSummary] = []
+    waiter = threading.Thread(
+        target=lambda: summaries.append(reconcile(lambda: 0, 1, 3_600_000, 3_600_000, stop=stop)),
+        daemon=True,  # a regression must fail the test, not hang the run
+    )
+    waiter.start()
+    try:
+        assert stop.waiting.wait(30), "reconcile never waited on stop"
+        stop.set()
+        waiter.join(30)  # far less than the hour-long poll interval
+        assert not waiter.is_alive(), "stop did not cut the wait short"
+    finally:
+        stop.set()
+        waiter.join(30)
+    [summary] = summaries
+    assert (summary.found, summary.attempts) == (False, 2)  # read, wait cut short, read
+
+
+def test_areconcile_returns_once_its_waiters_stop_is_set() -> None:
+    async def main() -> ReconcileSummary:
+        stop = asyncio.Event()
+        stop.set()
+
+        async def read_seq() -> int:
+            return 0
+
+        return await areconcile(read_seq, 1, 200, 10, AsyncWaiter(stop))
+
+    summary = asyncio.run(main())
+    assert (summary.found, summary.attempts) == (False, 1)
