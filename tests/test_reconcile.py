@@ -14,6 +14,7 @@ from attempt_ledger._reconcile import (
     areconcile,
     check_follow,
     check_number,
+    follow,
     follow_with,
     reconcile,
     start_offset,
@@ -295,3 +296,14 @@ def test_areconcile_returns_once_its_waiters_stop_is_set() -> None:
 
     summary = asyncio.run(main())
     assert (summary.found, summary.attempts) == (False, 1)
+
+
+def test_follow_checks_its_arguments_on_the_call_and_polls_every_50_ms(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    with pytest.raises(TypeError, match=r"^timeout must be int or float, not '1'$"):
+        follow(path, timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^stop must be a threading\.Event or None, not 1$"):
+        follow(path, stop=1)  # type: ignore[arg-type]
+    clock = FakeClock()
+    assert list(follow(path, timeout=0.2, clock=clock, sleep=clock.sleep)) == []
+    assert clock.sleeps == pytest.approx([0.05] * 4)
