@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from attempt_ledger import AttemptLedger, ReceiptEvent, receipts_path, reconcile_receipts
+from attempt_ledger._errors import LedgerIOError
 from attempt_ledger._reconcile import (
     Chunks,
     areconcile,
@@ -19,7 +22,7 @@ from attempt_ledger._reconcile import (
     reconcile,
     start_offset,
 )
-from attempt_ledger._records import ReconcileSummary
+from attempt_ledger._records import ReceiptRecord, ReconcileSummary
 from attempt_ledger._watch import AsyncWaiter
 
 
@@ -307,3 +310,58 @@ def test_follow_checks_its_arguments_on_the_call_and_polls_every_50_ms(tmp_path:
     clock = FakeClock()
     assert list(follow(path, timeout=0.2, clock=clock, sleep=clock.sleep)) == []
     assert clock.sleeps == pytest.approx([0.05] * 4)
+
+
+def test_a_second_long_poll_is_a_thousand_milliseconds() -> None:
+    clock = FakeClock()
+    clock.now = 0.0
+    _follow_nothing(clock, poll_interval=1.0, timeout=1.5)
+    assert clock.sleeps == [1.0, 0.5]
+
+
+def test_follow_with_asks_for_the_records_past_the_last_seq_yielded() -> None:
+    asked: list[int] = []
+
+    def read_after(last: int) -> list[ReceiptRecord]:
+        asked.append(last)
+        return []
+
+    clock = FakeClock()
+    followed = follow_with(
+        read_after,
+        lambda: 0,
+        5,
+        poll_interval=1,
+        stop=None,
+        timeout=0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert list(followed) == []
+    assert asked == [5]
+
+
+def test_follow_starts_after_seq_0_by_default(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", [ReceiptEvent("e")] * 2)
+    clock = FakeClock()
+    assert [r.seq for r in follow(ledger.path, timeout=0, clock=clock, sleep=clock.sleep)] == [1, 2]
+
+
+def test_start_offset_names_the_path_and_the_cause_of_a_failed_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b"x\n")
+    failure = OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        raise failure
+
+    monkeypatch.setattr(os, "pread", pread)
+    with pytest.raises(LedgerIOError) as caught:
+        start_offset(path, 0)
+    assert caught.value.path == path
+    assert caught.value.reason == f"cannot read the ledger: {os.strerror(errno.EIO)}"
+    assert caught.value.errno == errno.EIO
+    assert caught.value.__cause__ is failure
