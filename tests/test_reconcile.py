@@ -254,20 +254,10 @@ def test_argument_errors_name_the_argument_exactly() -> None:
         check_follow(0, 1.0, "1", None)
 
 
-class _WaitedOn(threading.Event):
-    """An event that says when someone starts waiting on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.set()
-        return super().wait(timeout)
-
-
 def test_setting_stop_cuts_a_reconcile_wait_short() -> None:
-    stop = _WaitedOn()
+    from .test_follow import _WaitSpy  # imported here: test_follow imports this module
+
+    stop = _WaitSpy()
     summaries: list[ReconcileSummary] = []
     waiter = threading.Thread(
         target=lambda: summaries.append(reconcile(lambda: 0, 1, 3_600_000, 3_600_000, stop=stop)),
