@@ -608,3 +608,15 @@ def test_check_timeout_refuses_what_is_not_seconds(value: object, error: type) -
 @pytest.mark.parametrize("value", [None, 0, 0.0, 1, 2.5, math.inf])
 def test_check_timeout_accepts_none_and_seconds(value: float | None) -> None:
     check_timeout(None, None, value)
+
+
+def test_a_zero_timeout_on_a_lock_held_elsewhere_reports_zero(tmp_path: Path) -> None:
+    holder = make_lock(tmp_path)
+    holder.acquire()
+    try:
+        with pytest.raises(LockTimeout) as info:
+            make_lock(tmp_path).acquire(timeout=0)
+    finally:
+        holder.release()
+    assert info.value.timeout == 0
+    assert "within 0 s" in str(info.value)
