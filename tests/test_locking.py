@@ -620,3 +620,25 @@ def test_a_zero_timeout_on_a_lock_held_elsewhere_reports_zero(tmp_path: Path) ->
         holder.release()
     assert info.value.timeout == 0
     assert "within 0 s" in str(info.value)
+
+
+def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> None:
+    # Another thread of this process inside an append holds the mutex: a timeout of 0 must try
+    # it once, not wait a second for it. Recorded rather than timed (no timing assertions).
+    lock = make_lock(tmp_path)
+    real = lock._mutex
+    waits: list[float] = []
+
+    class Recording:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            waits.append(timeout)
+            return real.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            real.release()
+
+    lock._mutex = Recording()  # type: ignore[assignment]
+    for timeout in (0, 0.5, -1.0):
+        lock.acquire(timeout)
+        lock.release()
+    assert waits == [0, 0.5, 0]
