@@ -488,10 +488,22 @@ def test_a_lock_file_we_may_not_write_is_locked_read_only(
     monkeypatch.undo()
     (tmp_path / "x.lock").unlink()
     monkeypatch.setattr(_locking, "open_regular", open_regular)
-    missing = make_lock(tmp_path)
+    made: list[int] = []
+    missing = SidecarLock(tmp_path / "x.lock", make_parent=lambda: made.append(1))
     with pytest.raises(LedgerIOError) as info:  # read-only and missing: named, not created
         missing.acquire()
     assert info.value.path == tmp_path / "x.lock"
+    assert "cannot open the lock file" in str(info.value)
+    assert info.value.errno == errno.ENOENT
+    assert made == [1]  # missing is passed through to the caller, which makes the directory
+
+
+def test_a_lock_path_that_cannot_be_opened_names_the_action(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 300)  # longer than a file name may be: ENAMETOOLONG
+    with pytest.raises(LedgerIOError) as info:
+        SidecarLock(path, make_parent=lambda: None).acquire()
+    assert info.value.path == path
+    assert "cannot open the lock file" in str(info.value)
 
 
 def _failing(*_: object, **__: object) -> Any:
