@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import errno
+import fcntl
+import gc
 import math
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from attempt_ledger import LedgerError, LedgerIOError, LockTimeout
-from attempt_ledger._locking import SidecarLock
+from attempt_ledger import LedgerError, LedgerIOError, LockReentered, LockTimeout, _locking
+from attempt_ledger._locking import SidecarLock, check_timeout
 
 
 def make_lock(tmp_path: Path) -> SidecarLock:
@@ -238,3 +243,414 @@ def test_an_infinite_timeout_waits_like_none(tmp_path: Path) -> None:
     for timeout in (math.inf, threading.TIMEOUT_MAX, 1e300):
         lock.acquire(timeout)
         lock.release()
+
+
+# Tests asked for by the mutation run (CONTRIBUTING.md, "Mutation testing").
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class _FakeTime:
+    """A clock that only moves when the lock sleeps: the polling schedule, without real time."""
+
+    def __init__(self, on_sleep: Callable[[int], None] = lambda _: None) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._on_sleep = on_sleep
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self._on_sleep(len(self.sleeps))
+
+
+def _no_blocking_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    def flock(fd: int, operation: int) -> None:
+        raise AssertionError("a lock with a timeout must poll, not block")
+
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+
+
+def test_a_timeout_polls_with_a_doubling_capped_backoff_then_names_path_and_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_blocking_flock(monkeypatch)
+    holder = make_lock(tmp_path)
+    holder.acquire()
+    fake = _FakeTime()
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    with pytest.raises(LockTimeout) as info:
+        lock.acquire(timeout=0.02)
+    holder.release()
+    assert info.value.path == tmp_path / "x.lock"
+    assert info.value.timeout == 0.02
+    # 50 us doubling up to 5 ms, then 5 ms each, the last one cut to the time left.
+    expected = [50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1600e-6, 3200e-6, 5e-3, 5e-3, 3.65e-3]
+    assert fake.sleeps == pytest.approx(expected)
+    # The mutex was given back with the timeout: the lock is free for the next taker.
+    lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_a_timeout_takes_the_lock_as_soon_as_a_poll_finds_it_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_blocking_flock(monkeypatch)
+    holder = make_lock(tmp_path)
+    holder.acquire()
+
+    def release_on_third(count: int) -> None:
+        if count == 3:
+            holder.release()
+
+    fake = _FakeTime(release_on_third)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    lock.acquire(timeout=10)
+    try:
+        assert fake.sleeps == pytest.approx([50e-6, 100e-6, 200e-6])
+        with pytest.raises(LockTimeout):
+            holder.acquire(timeout=0)
+    finally:
+        lock.release()
+
+
+def test_a_thread_contended_mutex_times_out_naming_path_and_timeout(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    errors: list[LockTimeout] = []
+
+    def contender() -> None:
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=contender)
+    thread.start()
+    thread.join(timeout=30)
+    lock.release()
+    assert [(e.path, e.timeout) for e in errors] == [(tmp_path / "x.lock", 0)]
+
+
+def test_the_longest_timeout_refuses_waiting_for_itself_like_none(tmp_path: Path) -> None:
+    # threading.TIMEOUT_MAX is for ever: it must take the blocking path, which refuses to wait
+    # for a lock this very thread holds through another object, rather than poll for 292 years.
+    def sleep(_: float) -> None:
+        raise AssertionError("polled")
+
+    first = make_lock(tmp_path)
+    second = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, sleep=sleep)
+    first.acquire()
+    try:
+        with pytest.raises(LockReentered):
+            second.acquire(threading.TIMEOUT_MAX)
+    finally:
+        first.release()
+
+
+def test_waiting_for_ever_waits_for_other_threads_and_other_lock_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a lock on the same file held by this very thread is refused; a holder in another
+    # thread, or this thread holding another lock file, or only the mutex of a closed lock on
+    # the same file, is waited for.
+    waiting = threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        waiting.set()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    elsewhere = SidecarLock(tmp_path / "other.lock", make_parent=lambda: None)
+    closed = make_lock(tmp_path)
+    closed.acquire()
+    closed.release()
+    holder, lock = make_lock(tmp_path), make_lock(tmp_path)
+    holding, stop = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holder.acquire()
+        holding.set()
+        waiting.wait(timeout=30)
+        stop.wait(timeout=30)
+        holder.release()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(timeout=30)
+    elsewhere.acquire()
+    try:
+        with closed.mutex:
+            closed.close()
+            stop.set()
+            lock.acquire()  # blocks in flock until the holder thread lets go
+            lock.release()
+    finally:
+        elsewhere.release()
+        stop.set()
+        thread.join(timeout=30)
+    assert waiting.is_set()
+    assert not thread.is_alive()
+
+
+def test_a_refused_reentry_through_another_object_closes_its_descriptor(tmp_path: Path) -> None:
+    lock, other = make_lock(tmp_path), make_lock(tmp_path)
+    lock.acquire()
+    try:
+        before = _fd_count()
+        with pytest.raises(LockReentered):
+            other.acquire()
+        assert _fd_count() == before
+    finally:
+        lock.release()
+
+
+def test_a_lock_file_removed_while_open_is_reopened_at_the_path(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    lock.release()
+    (tmp_path / "x.lock").unlink()
+    lock.acquire()
+    try:
+        assert (tmp_path / "x.lock").exists()
+        assert lock.is_current()
+        with pytest.raises(LockTimeout):  # the file at the path is the one held
+            make_lock(tmp_path).acquire(timeout=0)
+    finally:
+        lock.release()
+
+
+def test_is_current_says_whether_the_open_lock_file_is_the_one_at_the_path(
+    tmp_path: Path,
+) -> None:
+    lock = make_lock(tmp_path)
+    with lock.mutex:
+        assert not lock.is_current()  # nothing open yet
+    lock.acquire()
+    lock.release()
+    with lock.mutex:
+        assert lock.is_current()
+        (tmp_path / "x.lock").rename(tmp_path / "moved.lock")
+        assert not lock.is_current()  # missing
+        (tmp_path / "x.lock").write_bytes(b"")
+        assert not lock.is_current()  # another file
+        (tmp_path / "moved.lock").replace(tmp_path / "x.lock")
+        assert lock.is_current()
+        lock.close()
+        assert not lock.is_current()  # closed
+
+
+def test_a_directory_still_missing_after_make_parent_names_the_lock_file(tmp_path: Path) -> None:
+    calls: list[int] = []
+    lock = SidecarLock(tmp_path / "gone" / "x.lock", make_parent=lambda: calls.append(1))
+    with pytest.raises(LedgerIOError) as info:
+        lock.acquire()
+    assert calls == [1]
+    assert info.value.path == tmp_path / "gone" / "x.lock"
+    assert "cannot open the lock file" in str(info.value)
+    assert info.value.errno == errno.ENOENT
+
+
+def test_a_lock_file_we_may_not_write_is_locked_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root no permission is ever denied, so the refusal is simulated for write access.
+    real = _locking.open_regular
+    flags_seen: list[int] = []
+
+    def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
+        flags_seen.append(flags)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, action, **kwargs)
+
+    (tmp_path / "x.lock").write_bytes(b"")
+    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    try:
+        assert lock.is_current()
+        assert flags_seen[-1] & os.O_ACCMODE == os.O_RDONLY
+        with pytest.raises(LockTimeout):
+            make_lock(tmp_path).acquire(timeout=0)
+    finally:
+        lock.release()
+    monkeypatch.undo()
+    (tmp_path / "x.lock").unlink()
+    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    made: list[int] = []
+    missing = SidecarLock(tmp_path / "x.lock", make_parent=lambda: made.append(1))
+    with pytest.raises(LedgerIOError) as info:  # read-only and missing: named, not created
+        missing.acquire()
+    assert info.value.path == tmp_path / "x.lock"
+    assert "cannot open the lock file" in str(info.value)
+    assert info.value.errno == errno.ENOENT
+    assert made == [1]  # missing is passed through to the caller, which makes the directory
+
+
+def test_a_lock_path_that_cannot_be_opened_names_the_action(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 300)  # longer than a file name may be: ENAMETOOLONG
+    with pytest.raises(LedgerIOError) as info:
+        SidecarLock(path, make_parent=lambda: None).acquire()
+    assert info.value.path == path
+    assert "cannot open the lock file" in str(info.value)
+
+
+def _failing(*_: object, **__: object) -> Any:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_lock_the_os_refuses_names_the_path_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocking: bool
+) -> None:
+    holder = make_lock(tmp_path)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holder.acquire()
+        holding.set()
+        done.wait(timeout=30)
+        holder.release()
+
+    thread = threading.Thread(target=hold)
+    if blocking:  # the first try finds it held by another thread, the blocking wait fails
+        thread.start()
+        assert holding.wait(timeout=30)
+        monkeypatch.setattr(
+            _locking, "fcntl", SimpleNamespace(flock=_failing, LOCK_EX=fcntl.LOCK_EX)
+        )
+    else:
+        monkeypatch.setattr(_locking, "lock_descriptor", _failing)
+    lock = make_lock(tmp_path)
+    before = _fd_count()
+    try:
+        with pytest.raises(LedgerIOError) as info:
+            lock.acquire()
+    finally:
+        done.set()
+        if blocking:
+            thread.join(timeout=30)
+    assert info.value.path == tmp_path / "x.lock"
+    assert "cannot lock the lock file: Input/output error" in str(info.value)
+    assert info.value.errno == errno.EIO
+    assert _fd_count() == before  # closed, not leaked
+    monkeypatch.undo()
+    lock.acquire(timeout=0)  # and the mutex was given back
+    lock.release()
+
+
+def test_a_lock_file_that_cannot_be_checked_names_the_path_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    lock.release()
+    before = _fd_count()
+    real_fstat = os.fstat
+    monkeypatch.setattr(
+        _locking.os, "fstat", lambda fd: _failing() if fd == lock._fd else real_fstat(fd)
+    )
+    with pytest.raises(LedgerIOError) as info:
+        lock.acquire()
+    monkeypatch.undo()
+    assert info.value.path == tmp_path / "x.lock"
+    assert "cannot check the lock file: Input/output error" in str(info.value)
+    assert info.value.errno == errno.EIO
+    assert _fd_count() == before - 1
+    lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_an_unlock_the_os_refuses_closes_the_descriptor_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = make_lock(tmp_path)
+    before = _fd_count()
+    lock.acquire()
+    monkeypatch.setattr(_locking, "unlock_descriptor", _failing)
+    lock.release()  # never raises
+    monkeypatch.undo()
+    assert _fd_count() == before
+    other = make_lock(tmp_path)
+    other.acquire(timeout=0)  # closing released the OS lock
+    other.release()
+    lock.acquire(timeout=0)  # and the mutex
+    lock.release()
+
+
+def test_a_dropped_lock_closes_its_descriptor(tmp_path: Path) -> None:
+    gc.collect()  # other tests' dropped locks first
+    before = _fd_count()
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    lock.release()
+    assert _fd_count() == before + 1
+    del lock
+    gc.collect()
+    assert _fd_count() == before
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (True, TypeError),
+        ("1", TypeError),
+        (-1, ValueError),
+        (-0.5, ValueError),
+        (math.nan, ValueError),
+    ],
+)
+def test_check_timeout_refuses_what_is_not_seconds(value: object, error: type) -> None:
+    with pytest.raises(error, match=r"lock_timeout must be None or") as info:
+        check_timeout(None, None, value)  # type: ignore[arg-type]
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [None, 0, 0.0, 1, 2.5, math.inf])
+def test_check_timeout_accepts_none_and_seconds(value: float | None) -> None:
+    check_timeout(None, None, value)
+
+
+def test_a_zero_timeout_on_a_lock_held_elsewhere_reports_zero(tmp_path: Path) -> None:
+    holder = make_lock(tmp_path)
+    holder.acquire()
+    try:
+        with pytest.raises(LockTimeout) as info:
+            make_lock(tmp_path).acquire(timeout=0)
+    finally:
+        holder.release()
+    assert info.value.timeout == 0
+    assert "within 0 s" in str(info.value)
+
+
+def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> None:
+    # Another thread of this process inside an append holds the mutex: a timeout of 0 must try
+    # it once, not wait a second for it. Recorded rather than timed (no timing assertions).
+    lock = make_lock(tmp_path)
+    real = lock._mutex
+    waits: list[float] = []
+
+    class Recording:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            waits.append(timeout)
+            return real.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            real.release()
+
+    lock._mutex = Recording()  # type: ignore[assignment]
+    for timeout in (0, 0.5, -1.0):
+        lock.acquire(timeout)
+        lock.release()
+    assert waits == [0, 0.5, 0]
