@@ -228,7 +228,6 @@ def follow_lines(
 
     for record in follow_with(
         read_after,
-        lambda: read_last_seq(path),
         since_seq,
         poll_interval=poll_interval,
         stop=stop,

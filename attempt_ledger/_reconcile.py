@@ -305,7 +305,6 @@ def follow(
     check_follow(since_seq, poll_interval, timeout, stop)
     return follow_with(
         file_reader(path, since_seq),
-        lambda: read_last_seq(path),
         since_seq,
         poll_interval=poll_interval,
         stop=stop,
@@ -333,7 +332,6 @@ def file_reader(path: Path, since_seq: int) -> Callable[[int], Iterator[ReceiptR
 
 def follow_with(
     read_after: Callable[[int], Iterable[ReceiptRecord]],
-    read_seq: Callable[[], int],
     since_seq: int,
     *,
     poll_interval: float,
@@ -345,9 +343,9 @@ def follow_with(
 ) -> Iterator[ReceiptRecord]:
     """The loop behind every blocking ``follow``: yield what ``read_after(last)`` returns past
     the last seq yielded, then wait (woken by ``watch``'s changes, or ``sleep``) and read
-    again. Reading the records is the check: ``read_seq`` is no longer called."""
+    again. Reading the records is the check: the last seq is never read."""
     steps = _follow_steps(since_seq, poll_interval, timeout, clock, _stopped(stop))
-    return _drive(steps, read_seq, Chunks(read_after), Waiter(sleep, stop, watch))
+    return _drive(steps, _no_blocking_read, Chunks(read_after), Waiter(sleep, stop, watch))
 
 
 def afollow_with(
@@ -365,6 +363,10 @@ def afollow_with(
 
 
 async def _no_read() -> int:  # pragma: no cover - follow reads records, not the last seq
+    return 0
+
+
+def _no_blocking_read() -> int:  # pragma: no cover - likewise, for the blocking driver
     return 0
 
 

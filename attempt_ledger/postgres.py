@@ -340,7 +340,6 @@ class PostgresLedger(Connections):
         with self._listening() as wait:
             yield from follow_with(
                 self._iter_records,
-                self.last_seq,
                 since_seq,
                 poll_interval=poll_interval,
                 stop=stop,

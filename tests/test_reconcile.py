@@ -144,7 +144,6 @@ def _follow_nothing(
     return list(
         follow_with(
             lambda _last: [],
-            lambda: 0,
             0,
             poll_interval=poll_interval,
             stop=stop,  # type: ignore[arg-type]
@@ -318,7 +317,6 @@ def test_follow_with_asks_for_the_records_past_the_last_seq_yielded() -> None:
     clock = FakeClock()
     followed = follow_with(
         read_after,
-        lambda: 0,
         5,
         poll_interval=1,
         stop=None,
