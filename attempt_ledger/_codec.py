@@ -138,9 +138,27 @@ def _dump_text(payload: object) -> str:
         raise ValueError(f"payload is not JSON: {error}") from None
 
 
+def _flat_finite(payload: object) -> bool:
+    # Whether payload is the common kind: an object whose keys are strs and whose values are
+    # builtin scalars themselves (no subclasses), no float NaN or infinite. Such a payload
+    # needs no walk, and orjson's bytes need no scan for the nulls it writes for NaN.
+    if type(payload) is not dict:
+        return False
+    scalars = _EXACT_SCALARS
+    for key, item in payload.items():
+        kind = type(item)
+        if type(key) is not str or kind not in scalars or (kind is float and item - item != 0):
+            return False  # (inf - inf and NaN - NaN are NaN, x - x is 0 for a finite x)
+    return True
+
+
 def _payload_bytes(payload: object) -> bytes:
     # encode_payload's text as UTF-8: orjson's bytes where they are the same (_fastjson).
-    if _check_payload(payload):
+    if _flat_finite(payload):
+        data = dump_plain(payload, finite=True)
+        if data is not None:
+            return data
+    elif _check_payload(payload):
         data = dump_plain(payload)
         if data is not None:
             return data
@@ -184,9 +202,9 @@ class EncodedBatch:
     def render(self, first_seq: int, ts_ms: int) -> bytes:
         """Join the lines, numbering them from ``first_seq``."""
         head = self.head
-        ts = b',"ts_ms":%d,"event_type":' % ts_ms
         if len(self.tails) == 1:
-            return b"%s%d%s%s" % (head, first_seq, ts, self.tails[0])
+            return b'%s%d,"ts_ms":%d,"event_type":%s' % (head, first_seq, ts_ms, self.tails[0])
+        ts = b',"ts_ms":%d,"event_type":' % ts_ms
         return b"".join(
             [b"%s%d%s%s" % (head, seq, ts, tail) for seq, tail in enumerate(self.tails, first_seq)]
         )
@@ -213,14 +231,27 @@ def encode_tail(event_type: str, payload: object) -> bytes:
 
     :raises ValueError: if ``event_type`` is not a str or ``payload`` is not a JSON value.
     """
-    if not isinstance(event_type, str):
+    quoted = _event_types.get(event_type) if type(event_type) is str else None
+    if quoted is None and not isinstance(event_type, str):
         raise ValueError(f"event_type must be str, not {type(event_type).__name__}")
     try:
         payload_bytes = _payload_bytes(payload)
-        quoted = _quote(rust_trim(event_type)).encode()
+        if quoted is None:
+            quoted = _quote(rust_trim(event_type)).encode()
+            if type(event_type) is str:
+                if len(_event_types) >= _EVENT_TYPES_KEPT:
+                    _event_types.clear()
+                _event_types[event_type] = quoted
     except UnicodeEncodeError as error:
         raise ValueError(f"event cannot be encoded as UTF-8: {error.reason}") from None
     return b'%s,"payload":%s}\n' % (quoted, payload_bytes)
+
+
+# Event types as encode_tail writes them: workers repeat a few, trimming and quoting them costs
+# more than a lookup. Only exact strs (a subclass may compare equal to one and differ). Bounded:
+# cleared when full.
+_EVENT_TYPES_KEPT = 1024
+_event_types: dict[str, bytes] = {}
 
 
 def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:

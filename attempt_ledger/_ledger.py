@@ -22,7 +22,14 @@ from ._paths import lock_path_for, name_error, receipts_path, to_root
 from ._protocol import Ledger
 from ._reader import iter_records, read_last_seq, tail_state
 from ._reconcile import follow, reconcile
-from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+from ._records import (
+    U64_MAX,
+    AppendSummary,
+    ReceiptEvent,
+    ReceiptRecord,
+    ReconcileSummary,
+    append_summary,
+)
 
 
 @attrs.frozen(eq=False)
@@ -137,15 +144,19 @@ class AttemptLedger:
         :raises DurabilityUnknown: in durable mode, if the fsync failed after another writer had
             appended: the records stay, as the seqs it names; their durability is unknown.
         """
-        expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
+        if expected_last_seq is not None:
+            expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
+        path = self.path
         cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
-        head = cached[2] if cached is not None and cached[:2] == (attempt, session_id) else None
-        ids = (self.run_id, self.node_id, attempt, session_id)
-        batch = encode_batch(self.path, *ids, events, head)  # checks the ids all the same
-        if head is None:
+        if cached is not None and cached[0] == attempt and cached[1] == session_id:
+            head: bytes | None = cached[2]
+        else:
+            head = None
+        batch = encode_batch(path, self.run_id, self.node_id, attempt, session_id, events, head)
+        if head is None:  # (encode_batch checks the ids all the same)
             self._handles.head = (attempt, session_id, batch.head)
         if not batch.tails:
-            return empty_append(self.path, self.last_seq(), expected_last_seq)
+            return empty_append(path, self.last_seq(), expected_last_seq)
         lock = self._lock
         while True:
             lock.acquire(self.lock_timeout)
@@ -156,6 +167,8 @@ class AttemptLedger:
                 lock.close()  # the lock file is no longer at its path: lock the one that is
             finally:
                 lock.release()
+        if unsynced is None:
+            return summary
         return self._await_sync(summary, unsynced, relock=True)  # durable: group commit
 
     def _try_append(
@@ -233,7 +246,7 @@ class AttemptLedger:
             roll_back(self.path, fd, size, error)
         last_seq += count
         handles.known = (stat.st_ino, size + len(data), last_seq, last_hash)
-        summary = AppendSummary(self.path, last_seq, count)
+        summary = append_summary(self.path, last_seq, count)
         sync = handles.sync
         if sync is None:
             return summary, None

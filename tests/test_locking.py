@@ -271,8 +271,11 @@ class _FakeTime:
 
 def _no_blocking_flock(monkeypatch: pytest.MonkeyPatch) -> None:
     def flock(fd: int, operation: int) -> None:
-        raise AssertionError("a lock with a timeout must poll, not block")
+        if operation == fcntl.LOCK_EX:
+            raise AssertionError("a lock with a timeout must poll, not block")
+        real_flock(fd, operation)  # a try (LOCK_NB), an unlock
 
+    real_flock = fcntl.flock
     monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
 
 
@@ -523,15 +526,17 @@ def test_a_lock_the_os_refuses_names_the_path_and_closes(
         done.wait(timeout=30)
         holder.release()
 
+    def flock(fd: int, operation: int) -> None:  # the blocking wait fails, not the try
+        (_failing if operation == fcntl.LOCK_EX else real_flock)(fd, operation)
+
+    real_flock = fcntl.flock
     thread = threading.Thread(target=hold)
     if blocking:  # the first try finds it held by another thread, the blocking wait fails
         thread.start()
         assert holding.wait(timeout=30)
-        monkeypatch.setattr(
-            _locking, "fcntl", SimpleNamespace(flock=_failing, LOCK_EX=fcntl.LOCK_EX)
-        )
+        monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
     else:
-        monkeypatch.setattr(_locking, "lock_descriptor", _failing)
+        monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=_failing))
     lock = make_lock(tmp_path)
     before = _fd_count()
     try:
@@ -578,7 +583,7 @@ def test_an_unlock_the_os_refuses_closes_the_descriptor_instead(
     lock = make_lock(tmp_path)
     before = _fd_count()
     lock.acquire()
-    monkeypatch.setattr(_locking, "unlock_descriptor", _failing)
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=_failing))
     lock.release()  # never raises
     monkeypatch.undo()
     assert _fd_count() == before
