@@ -138,27 +138,22 @@ def _dump_text(payload: object) -> str:
         raise ValueError(f"payload is not JSON: {error}") from None
 
 
-def _flat_finite(payload: object) -> bool:
-    # Whether payload is the common kind: an object whose keys are strs and whose values are
-    # builtin scalars themselves (no subclasses), no float NaN or infinite. Such a payload
-    # needs no walk, and orjson's bytes need no scan for the nulls it writes for NaN.
-    if type(payload) is not dict:
-        return False
-    scalars = _EXACT_SCALARS
-    for key, item in payload.items():
-        kind = type(item)
-        if type(key) is not str or kind not in scalars or (kind is float and item - item != 0):
-            return False  # (inf - inf and NaN - NaN are NaN, x - x is 0 for a finite x)
-    return True
-
-
 def _payload_bytes(payload: object) -> bytes:
     # encode_payload's text as UTF-8: orjson's bytes where they are the same (_fastjson).
-    if _flat_finite(payload):
-        data = dump_plain(payload, finite=True)
-        if data is not None:
-            return data
-    elif _check_payload(payload):
+    if type(payload) is dict:
+        # The common payload: an object whose keys are strs and whose values are builtin
+        # scalars themselves (no subclasses), no float NaN or infinite (NaN - NaN and
+        # inf - inf are NaN, x - x is 0 for a finite x). It needs no walk, and orjson's bytes
+        # no scan for the nulls it writes for NaN.
+        scalars = _EXACT_SCALARS
+        for key, item in payload.items():
+            kind = type(item)
+            if type(key) is not str or kind not in scalars or (kind is float and item - item):
+                break
+        else:
+            data = dump_plain(payload, finite=True)
+            return data if data is not None else _dump_text(payload).encode()
+    if _check_payload(payload):
         data = dump_plain(payload)
         if data is not None:
             return data
@@ -254,25 +249,6 @@ _EVENT_TYPES_KEPT = 1024
 _event_types: dict[str, bytes] = {}
 
 
-def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:
-    """Encode a batch of events.
-
-    :raises IndexedValueError: naming the first bad event.
-    """
-    try:
-        tails = [encode_tail(event.event_type, event.payload) for event in events]
-    except (ValueError, AttributeError):
-        for index, event in enumerate(events):  # find which one, off the fast path
-            try:
-                if not hasattr(event, "event_type") or not hasattr(event, "payload"):
-                    raise ValueError(f"expected a ReceiptEvent, got {type(event).__name__}")
-                encode_tail(event.event_type, event.payload)
-            except ValueError as error:
-                raise IndexedValueError(index, str(error)) from None
-        raise
-    return EncodedBatch(head, tails)
-
-
 def encode_batch(
     path: Path,
     run_id: str,
@@ -284,18 +260,39 @@ def encode_batch(
 ) -> EncodedBatch:
     """Check and encode an append's batch before any I/O; every backend appends through this.
 
-    :param head: the encoded ids, when the caller has them from an earlier append.
+    :param head: the encoded ids, when the caller has them from an earlier append of these
+        very ids (equal, and of the builtin types themselves), checked then: not again.
     :raises InvalidEvent: naming ``path``, the field or the event that is wrong.
     """
     try:
-        check_ids(run_id, node_id, attempt, session_id)
         if head is None:
+            check_ids(run_id, node_id, attempt, session_id)
             head = encode_head(run_id, node_id, attempt, session_id)
-        return encode_events(head, events if isinstance(events, list) else list(events))
-    except IndexedValueError as error:
-        raise InvalidEvent(path, str(error), error.index) from None
+        events = events if isinstance(events, list) else list(events)
     except ValueError as error:
         raise InvalidEvent(path, str(error)) from None
+    tails: list[bytes] = []
+    try:
+        for event in events:  # a loop, not a comprehension: no frame to make for one event
+            tails.append(encode_tail(event.event_type, event.payload))
+    except (ValueError, AttributeError):
+        bad = _first_bad_event(events)
+        if bad is None:
+            raise
+        raise InvalidEvent(path, bad[1], bad[0]) from None
+    return EncodedBatch(head, tails)
+
+
+def _first_bad_event(events: Sequence[ReceiptEvent]) -> tuple[int, str] | None:
+    # The index of the first event encode_tail refuses, and why; off the fast path.
+    for index, event in enumerate(events):
+        try:
+            if not hasattr(event, "event_type") or not hasattr(event, "payload"):
+                raise ValueError(f"expected a ReceiptEvent, got {type(event).__name__}")
+            encode_tail(event.event_type, event.payload)
+        except ValueError as error:
+            return index, str(error)
+    return None
 
 
 def empty_append(path: Path, last_seq: int, expected_last_seq: int | None) -> AppendSummary:
@@ -324,14 +321,6 @@ def check_expected_last_seq(path: Path, expected_last_seq: object) -> int | None
         reason = f"expected_last_seq {expected_last_seq} is outside 0..{U64_MAX}"
         raise InvalidEvent(path, reason)
     return int(expected_last_seq)
-
-
-class IndexedValueError(ValueError):
-    """A :class:`ValueError` about one event of a batch."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(reason)
-        self.index = index
 
 
 def encode_record(record: ReceiptRecord) -> bytes:

@@ -148,12 +148,14 @@ class AttemptLedger:
             expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
         path = self.path
         cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
-        if cached is not None and cached[0] == attempt and cached[1] == session_id:
-            head: bytes | None = cached[2]
+        # Only ids of the builtin types themselves: a subclass may compare equal and differ.
+        exact = type(attempt) is int and type(session_id) is str
+        if exact and cached is not None and cached[0] == attempt and cached[1] == session_id:
+            head: bytes | None = cached[2]  # the very ids checked then
         else:
             head = None
         batch = encode_batch(path, self.run_id, self.node_id, attempt, session_id, events, head)
-        if head is None:  # (encode_batch checks the ids all the same)
+        if head is None and exact:
             self._handles.head = (attempt, session_id, batch.head)
         if not batch.tails:
             return empty_append(path, self.last_seq(), expected_last_seq)
