@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ._errors import InvalidEvent, SeqConflict
-from ._fastjson import dump_plain
+from ._fastjson import dump_finite, dump_plain
 from ._floats import REPR_DIFFERS, dump_json
 from ._lines import on_fresh_stack
 from ._records import (
@@ -151,7 +151,7 @@ def _payload_bytes(payload: object) -> bytes:
             if type(key) is not str or kind not in scalars or (kind is float and item - item):
                 break
         else:
-            data = dump_plain(payload, finite=True)
+            data = dump_finite(payload)
             return data if data is not None else _dump_text(payload).encode()
     if _check_payload(payload):
         data = dump_plain(payload)

@@ -16,20 +16,24 @@ import orjson
 _OPTIONS = orjson.OPT_SORT_KEYS
 
 
-def dump_plain(payload: object, *, finite: bool = False) -> bytes | None:
+def dump_plain(payload: object) -> bytes | None:
     """Return the JSON bytes of a checked payload made of builtin types only (no subclasses),
     or ``None`` where orjson's bytes might not be the reference encoder's.
-
-    :param finite: the caller knows that the payload holds no float NaN or infinite, so the
-        bytes need no scan for the ``null`` orjson writes for them.
     """
-    try:
-        data = orjson.dumps(payload, option=_OPTIONS)
-    except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
-        return None
+    data = dump_finite(payload)
     # NaN and infinities come out as null: let the reference encoder refuse them (a payload
     # holding None, or "null" in a string, takes that path too; same bytes, a little slower).
-    return data if finite or b"null" not in data else None
+    return None if data is None or b"null" in data else data
+
+
+def dump_finite(payload: object) -> bytes | None:
+    """:func:`dump_plain` for a payload known to hold no float NaN or infinite: its bytes need
+    no scan for the ``null`` orjson writes for them.
+    """
+    try:
+        return orjson.dumps(payload, option=_OPTIONS)
+    except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
+        return None
 
 
 def load_quick(line: bytes) -> object:
