@@ -288,6 +288,10 @@ class SidecarLock:
                 raise LockReentered(self.path)
 
 
+class StaleLock(Exception):
+    """Raised under the lock when the lock file held is no longer the one at its path."""
+
+
 def check_timeout(_: object, __: object, value: float | None) -> None:
     """Check a ``lock_timeout`` (an attrs validator): ``None`` or a number of seconds >= 0.
 

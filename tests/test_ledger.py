@@ -439,3 +439,36 @@ def test_attempt_bounds_are_exact(root: Path, attempt: int, ok: bool) -> None:
         with pytest.raises(InvalidEvent, match="attempt"):
             ledger.append(attempt, "s", EV)
         assert not ledger.path.exists()
+
+
+# -- the ids' head, encoded once and reused by the appends that repeat them ----------------------
+
+
+class _Liar(str):
+    """A session id that says it equals any other, as a str subclass may."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def test_a_session_id_subclass_never_lends_its_head_to_another_session(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, _Liar("liar"), EV)
+    ledger.append(1, "honest", EV)
+    ledger.append(1, _Liar("liar"), EV)
+    ledger.append(1, "honest", EV)
+    assert [r.session_id for r in ledger.records()] == ["liar", "honest"] * 2
+
+
+def test_ids_equal_to_the_last_ones_but_not_of_their_type_are_checked(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    with pytest.raises(InvalidEvent, match="attempt must be int, not bool"):
+        ledger.append(True, "s", EV)
+    with pytest.raises(InvalidEvent, match="attempt must be int, not float"):
+        ledger.append(1.0, "s", EV)  # type: ignore[arg-type]
+    assert ledger.append(1, "s", EV).seq == 2
+    assert [(r.attempt, r.session_id) for r in ledger.records()] == [(1, "s")] * 2

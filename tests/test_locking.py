@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from filelock import FileLock, Timeout
 
 from attempt_ledger import LedgerError, LedgerIOError, LockReentered, LockTimeout, _locking
 from attempt_ledger._locking import SidecarLock, check_timeout
@@ -659,3 +660,40 @@ def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> N
         lock.acquire(timeout)
         lock.release()
     assert waits == [0, 0.5, 0]
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EACCES])
+def test_a_try_refused_as_held_is_a_held_lock_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # flock is called directly, as filelock's lock_descriptor calls it: the same errnos mean
+    # "held by another" (a timeout), anything else is an error.
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB:
+            raise OSError(code, os.strerror(code))
+        real_flock(fd, operation)
+
+    real_flock = fcntl.flock
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    lock.release()
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    before = _fd_count()
+    with pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)
+    assert _fd_count() == before  # still open: nothing failed
+    monkeypatch.undo()
+    lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_the_lock_is_filelocks_lock(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    with FileLock(tmp_path / "x.lock"), pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)
+    lock.acquire(timeout=0)
+    try:
+        with pytest.raises(Timeout):
+            FileLock(tmp_path / "x.lock").acquire(timeout=0)
+    finally:
+        lock.release()
