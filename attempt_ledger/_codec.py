@@ -233,7 +233,7 @@ def encode_tail(event_type: str, payload: object) -> bytes:
         payload_bytes = _payload_bytes(payload)
         if quoted is None:
             quoted = _quote(rust_trim(event_type)).encode()
-            if type(event_type) is str:
+            if type(event_type) is str and len(event_type) <= _EVENT_TYPE_KEPT_CHARS:
                 if len(_event_types) >= _EVENT_TYPES_KEPT:
                     _event_types.clear()
                 _event_types[event_type] = quoted
@@ -243,9 +243,10 @@ def encode_tail(event_type: str, payload: object) -> bytes:
 
 
 # Event types as encode_tail writes them: workers repeat a few, trimming and quoting them costs
-# more than a lookup. Only exact strs (a subclass may compare equal to one and differ). Bounded:
-# cleared when full.
-_EVENT_TYPES_KEPT = 1024
+# more than a lookup. Only exact strs (a subclass may compare equal to one and differ). Bounded
+# (cleared when full, short ones only): a few hundred KiB at most.
+_EVENT_TYPES_KEPT = 256
+_EVENT_TYPE_KEPT_CHARS = 128
 _event_types: dict[str, bytes] = {}
 
 

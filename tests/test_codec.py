@@ -507,6 +507,17 @@ def test_the_event_type_cache_is_bounded() -> None:
         assert len(codec_module._event_types) <= codec_module._EVENT_TYPES_KEPT
 
 
+def test_a_long_event_type_is_not_kept() -> None:
+    import attempt_ledger._codec as codec_module
+
+    for long in ("x" * (codec_module._EVENT_TYPE_KEPT_CHARS + 1), "y" * 1_000_000):
+        assert encode_tail(long, None) == b'"%s","payload":null}\n' % long.encode()
+        assert long not in codec_module._event_types
+    short = "z" * codec_module._EVENT_TYPE_KEPT_CHARS
+    encode_tail(short, None)
+    assert short in codec_module._event_types
+
+
 def test_an_event_type_that_cannot_be_encoded_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="UTF-8"):
