@@ -140,19 +140,7 @@ def _dump_text(payload: object) -> str:
 
 def _payload_bytes(payload: object) -> bytes:
     # encode_payload's text as UTF-8: orjson's bytes where they are the same (_fastjson).
-    if type(payload) is dict:
-        # The common payload: an object whose keys are strs and whose values are builtin
-        # scalars themselves (no subclasses), no float NaN or infinite (NaN - NaN and
-        # inf - inf are NaN, x - x is 0 for a finite x). It needs no walk, and orjson's bytes
-        # no scan for the nulls it writes for NaN.
-        scalars = _EXACT_SCALARS
-        for key, item in payload.items():
-            kind = type(item)
-            if type(key) is not str or kind not in scalars or (kind is float and item - item):
-                break
-        else:
-            data = dump_finite(payload)
-            return data if data is not None else _dump_text(payload).encode()
+    # (encode_tail has already tried a flat payload's shortcut.)
     if _check_payload(payload):
         data = dump_plain(payload)
         if data is not None:
@@ -230,16 +218,36 @@ def encode_tail(event_type: str, payload: object) -> bytes:
     if quoted is None and not isinstance(event_type, str):
         raise ValueError(f"event_type must be str, not {type(event_type).__name__}")
     try:
-        payload_bytes = _payload_bytes(payload)
+        payload_bytes: bytes | None = None
+        if type(payload) is dict:
+            # The common payload: an object whose keys are strs and whose values are builtin
+            # scalars themselves (no subclasses), no float NaN or infinite (NaN - NaN and
+            # inf - inf are NaN, x - x is 0 for a finite x). It needs no walk, and orjson's
+            # bytes no scan for the nulls it writes for NaN. Inline: every append runs it.
+            scalars = _EXACT_SCALARS
+            for key, item in payload.items():
+                kind = type(item)
+                if type(key) is not str or kind not in scalars or (kind is float and item - item):
+                    break
+            else:
+                payload_bytes = dump_finite(payload)  # None: an int past 64 bits, a surrogate
+        if payload_bytes is None:
+            payload_bytes = _payload_bytes(payload)
         if quoted is None:
-            quoted = _quote(rust_trim(event_type)).encode()
-            if type(event_type) is str and len(event_type) <= _EVENT_TYPE_KEPT_CHARS:
-                if len(_event_types) >= _EVENT_TYPES_KEPT:
-                    _event_types.clear()
-                _event_types[event_type] = quoted
+            quoted = _event_type_bytes(event_type)
     except UnicodeEncodeError as error:
         raise ValueError(f"event cannot be encoded as UTF-8: {error.reason}") from None
     return b'%s,"payload":%s}\n' % (quoted, payload_bytes)
+
+
+def _event_type_bytes(event_type: str) -> bytes:
+    # The event type trimmed and quoted, kept for the next time if it is short and a str itself.
+    quoted = _quote(rust_trim(event_type)).encode()
+    if type(event_type) is str and len(event_type) <= _EVENT_TYPE_KEPT_CHARS:
+        if len(_event_types) >= _EVENT_TYPES_KEPT:
+            _event_types.clear()
+        _event_types[event_type] = quoted
+    return quoted
 
 
 # Event types as encode_tail writes them: workers repeat a few, trimming and quoting them costs
