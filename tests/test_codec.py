@@ -430,6 +430,20 @@ def test_a_flat_payload_is_written_as_the_reference_writes_it(payload: dict[str,
     assert encode_tail("e", payload) == _reference_tail("e", payload)
 
 
+_non_finite = st.sampled_from([math.nan, -math.nan, math.inf, -math.inf])
+
+
+@given(st.dictionaries(st.text(max_size=4), st.one_of(_non_finite, st.floats(), flat_scalars)))
+def test_a_flat_payload_is_refused_exactly_when_it_holds_nan_or_infinity(
+    payload: dict[str, object],
+) -> None:
+    if all(not isinstance(v, float) or math.isfinite(v) for v in payload.values()):
+        assert encode_tail("e", payload) == _reference_tail("e", payload)
+    else:
+        with pytest.raises(ValueError, match="payload is not JSON"):
+            encode_tail("e", payload)
+
+
 def test_a_flat_payload_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     import attempt_ledger._codec as codec_module
 
