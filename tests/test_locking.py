@@ -539,6 +539,7 @@ def test_a_lock_the_os_refuses_names_the_path_and_closes(
     else:
         monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=_failing))
     lock = make_lock(tmp_path)
+    gc.collect()  # other tests' dropped locks first: none may close mid-count
     before = _fd_count()
     try:
         with pytest.raises(LedgerIOError) as info:
