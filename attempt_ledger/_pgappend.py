@@ -57,7 +57,7 @@ class AppendStatements:
         """Note that a guess took ``seq`` (``None``: it was refused); a refused guess of the
         caller's ``expected`` seq says nothing about other writers."""
         if seq is not None:
-            self._next, self._backoff = seq + 1, 0
+            self._next, self._skip, self._backoff = seq + 1, 0, 0
         elif expected is None:
             self._skip = self._backoff = min(self._backoff * 2 + 1, _MAX_SKIP)
 

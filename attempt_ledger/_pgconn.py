@@ -168,7 +168,9 @@ class Connections:
             or (_PIPELINES and pgconn.pipeline_status)
         ):
             return None
-        prepared = _PREPARED.setdefault(name, weakref.WeakSet())
+        prepared = _PREPARED.get(name)
+        if prepared is None:
+            prepared = _PREPARED.setdefault(name, weakref.WeakSet())
         with conn.lock:  # psycopg's own lock: threads may share the connection
             for again in (True, False):
                 if conn not in prepared:

@@ -156,7 +156,6 @@ class PostgresLedger(Connections, AppendStatements):
             with self._use() as conn:
                 # Single statements only: threads may share this connection, and one's
                 # transaction block would take in the others' statements.
-                cursor = self._cursor(conn)
                 if guess is not None:
                     committing = True
                     taken = self._append_next(conn, batch.render(guess, ts_ms)[:-1], guess)
@@ -168,6 +167,7 @@ class PostgresLedger(Connections, AppendStatements):
                 # without their newline) and splices it in.
                 middle = b',"ts_ms":%d,"event_type":' % ts_ms
                 sql, params = self._statement(batch, middle, expected_last_seq)
+                cursor = self._cursor(conn)
                 while True:
                     committing = True
                     row = cursor.execute(sql, params).fetchone()
