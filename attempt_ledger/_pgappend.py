@@ -44,7 +44,7 @@ class AppendStatements:
             return None
         if expected is not None:
             seq = expected + 1  # exact: the statement is refused if it is not the last seq
-        elif self._skip:
+        elif self._skip > 0:  # (threads sharing the object may take it below 0: harmless)
             self._skip -= 1
             return None
         elif self._next is None:

@@ -108,7 +108,9 @@ APPEND_NEXT = f"""WITH h AS (
     RETURNING CASE WHEN cardinality(h.listeners) > 0
         THEN pg_notify('{CHANNEL}', encode(h.key, 'hex')) END)
 INSERT INTO attempt_ledger_receipts (key, seq, line) SELECT $1, $2, $3 FROM h"""
-APPEND_NEXT_NAME = b"attempt_ledger_append_next"
+# Named by its text, so that another statement (or another version's) is never taken for it.
+_NEXT_DIGEST = hashlib.sha256(APPEND_NEXT.encode()).hexdigest()[:16]
+APPEND_NEXT_NAME = f"attempt_ledger_{_NEXT_DIGEST}".encode()
 APPEND_NEXT_TYPES = (17, 1700, 17)  # bytea, numeric, bytea
 
 #: The append of several lines: parameters key, expected, head, count, middle (what follows
