@@ -197,6 +197,34 @@ class PostgresInsertPlain(PostgresInsert):
         return self.seq
 
 
+class PostgresInsertPrepared(PostgresInsert):
+    """The bare INSERT prepared once and sent through libpq with a binary parameter, as
+    ``PostgresLedger`` sends its one-line append: the floor without psycopg's per-call cursor
+    work, to tell the server's share of the gap from the client's."""
+
+    name = "bare INSERT, prepared, through libpq"
+
+    def __init__(self, root: Path, *, durable: bool = False, node: str = NODE) -> None:
+        super().__init__(root, durable=durable, node=node)
+        result = self.db.pgconn.prepare(
+            b"bench_insert", b"INSERT INTO bench_insert_floor (line) VALUES ($1)", [17]
+        )
+        assert result.error_message == b"", result.error_message
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        from psycopg import generators
+
+        db, pgconn = self.db, self.db.pgconn
+        for event in events:
+            self.seq += 1
+            line = record_line(self.seq, 1, event.event_type, event.payload)
+            with db.lock:
+                pgconn.send_query_prepared(b"bench_insert", [line], [1])
+                (result,) = db.wait(generators.execute(pgconn))
+            assert result.command_tuples == 1, result.error_message
+        return self.seq
+
+
 class LedgerFunctions(Contender):
     name = "attempt_ledger (append_receipts)"
 
@@ -409,5 +437,6 @@ CONTENDERS: dict[str, type[Contender]] = {
     "postgres": Postgres,
     "pginsert": PostgresInsert,
     "pginsert-plain": PostgresInsertPlain,
+    "pginsert-pq": PostgresInsertPrepared,
     "ledger_lockfsync": LedgerFsyncInLock,
 }
