@@ -165,11 +165,8 @@ class AsyncPostgresLedger:
         count, committing, last_seq = len(batch.tails), False, 0
         ts_ms = time.time_ns() // 1_000_000
         guess = core._guess(batch, expected_last_seq, ts_ms)
-        middle = b',"ts_ms":%d,"event_type":' % ts_ms
-        sql, params = core._statement(batch, middle, expected_last_seq)
         try:
             async with self._use() as conn:
-                cursor = conn.cursor()
                 if guess is not None:  # as PostgresLedger._append: the client's seq first
                     committing = True
                     line = batch.render(guess, ts_ms)[:-1]
@@ -179,6 +176,9 @@ class AsyncPostgresLedger:
                     core._guessed(guess if committing else None, expected_last_seq)
                     if committing:
                         return AppendSummary(self.path, guess, 1)
+                middle = b',"ts_ms":%d,"event_type":' % ts_ms
+                sql, params = core._statement(batch, middle, expected_last_seq)
+                cursor = conn.cursor()
                 while True:  # as PostgresLedger._append, one statement at a time
                     committing = True
                     row = await (await cursor.execute(sql, params)).fetchone()

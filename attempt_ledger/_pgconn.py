@@ -1,5 +1,6 @@
 """How a PostgreSQL ledger reaches its database: the connection it owns, borrows or takes from
-a pool, a transaction block per operation where needed, and psycopg's errors as ledger errors."""
+a pool, a transaction block per operation where needed, a statement prepared and run through
+libpq where it pays, and psycopg's errors as ledger errors."""
 
 from __future__ import annotations
 
@@ -190,6 +191,8 @@ class Connections:
 
         :raises psycopg.Error: for any other error.
         """
+        if not results:  # as psycopg's cursors say it
+            raise psycopg.InternalError("got no result from the query")
         result = results[-1]
         if result.status == _COMMAND_OK:
             return int(result.command_tuples or 0)

@@ -81,7 +81,9 @@ class PostgresLedger(Connections, AppendStatements):
         and given back, also on errors). Each operation commits on its own: a borrowed
         connection that is not in autocommit mode gets a transaction block per operation, and
         one with a transaction already open is refused (the append would be committed, or lost,
-        with the caller's transaction, holding the ledger's row lock until then).
+        with the caller's transaction, holding the ledger's row lock until then). On an
+        autocommit connection the one-line append is a statement the ledger prepares there
+        (unless the connection's ``prepare_threshold`` is ``None``).
     :param run_id: the run's id, stored raw (no sanitising).
     :param node_id: the node's id, likewise.
     :param hash_chain: write schema-2 records, chained by SHA-256, as
