@@ -4,6 +4,7 @@ to cursors elsewhere, and as sound under faults as the server-numbered statement
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,27 @@ async def test_the_async_ledger_guesses_too(dsn: str, run_id: str) -> None:
             await ledger.append(1, "s", EV, expected_last_seq=5)
         assert [r.seq for r in await ledger.records()] == list(range(1, 7))
         other.close()
+
+
+def test_threads_sharing_a_ledger_and_its_connection_get_exact_seqs(dsn: str, run_id: str) -> None:
+    # Guesses (prepared, through libpq) and server-numbered batches (on cursors) from several
+    # threads on one connection: psycopg's lock keeps each statement whole.
+    ledger = PostgresLedger(dsn, run_id, "n")
+    ledger.append(1, "s", EV)
+    got: list[tuple[int, int]] = []
+    barrier = threading.Barrier(4)
+
+    def appender(size: int) -> None:
+        barrier.wait(timeout=30)
+        got.extend((ledger.append(1, "s", EV * size).seq, size) for _ in range(30))
+
+    threads = [threading.Thread(target=appender, args=(size,)) for size in (1, 1, 1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    taken = sorted(seq for last, size in got for seq in range(last - size + 1, last + 1))
+    assert taken == list(range(2, 2 + 30 * 5))
+    assert [r.seq for r in ledger.records()] == list(range(1, 2 + 30 * 5))
+    ledger.close()
