@@ -147,13 +147,14 @@ class Connections:
         name: bytes,
         sql: str,
         types: Sequence[int],
-        params: Sequence[bytes],
-        formats: Sequence[int],
+        params: list[bytes],
+        formats: list[int],
     ) -> int | None:
         """Run the statement ``sql`` (``$n`` parameters of the given type oids) on ``conn``,
         prepared there as ``name``, through libpq: the same non-blocking execution and
         Ctrl-C handling as psycopg's cursors, without their per-call work in Python (half the
-        client's time of a short statement). ``params`` are sent as they are, in ``formats``.
+        client's time of a short statement). ``params`` are sent as they are, in ``formats``
+        (lists: psycopg 3.2's libpq wrapper takes no tuples).
 
         :returns: the row count of the command, or ``None`` if ``conn`` does not take
             statements prepared this way (not in autocommit mode, psycopg's prepared
@@ -175,7 +176,7 @@ class Connections:
         with conn.lock:  # psycopg's own lock: threads may share the connection
             for again in (True, False):
                 if conn not in prepared:
-                    pgconn.send_prepare(name, sql.encode(), types)
+                    pgconn.send_prepare(name, sql.encode(), list(types))
                     self._result(conn, conn.wait(generators.execute(pgconn)), "42P05")
                     prepared.add(conn)
                 pgconn.send_query_prepared(name, params, formats)

@@ -193,9 +193,9 @@ class PostgresLedger(Connections, AppendStatements):
 
     def _append_next(self, conn: psycopg.Connection[Any], line: bytes, seq: int) -> bool:
         """Run APPEND_NEXT (prepared, or else on a cursor): whether it took ``line``."""
-        params = (self._key, b"%d" % seq, line)
+        params = [self._key, b"%d" % seq, line]
         taken = self._run_prepared(
-            conn, APPEND_NEXT_NAME, APPEND_NEXT, APPEND_NEXT_TYPES, params, (1, 0, 1)
+            conn, APPEND_NEXT_NAME, APPEND_NEXT, APPEND_NEXT_TYPES, params, [1, 0, 1]
         )
         if taken is None:
             taken = psycopg.RawCursor(conn).execute(APPEND_NEXT, (self._key, seq, line)).rowcount
