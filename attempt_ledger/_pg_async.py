@@ -22,6 +22,7 @@ from ._codec import check_expected_last_seq, empty_append, encode_batch
 from ._errors import SeqConflict, SeqExhausted
 from ._lines import decode_record
 from ._pgschema import (
+    APPEND_NEXT,
     CHANNEL,
     CREATE_HEAD,
     HEAD_STATE,
@@ -162,10 +163,21 @@ class AsyncPostgresLedger:
         if not batch.tails:
             return empty_append(self.path, await self.last_seq(), expected_last_seq)
         count, committing, last_seq = len(batch.tails), False, 0
-        middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
-        sql, params = core._statement(batch, middle, expected_last_seq)
+        ts_ms = time.time_ns() // 1_000_000
+        guess = core._guess(batch, expected_last_seq, ts_ms)
         try:
             async with self._use() as conn:
+                if guess is not None:  # as PostgresLedger._append: the client's seq first
+                    committing = True
+                    line = batch.render(guess, ts_ms)[:-1]
+                    raw = psycopg.AsyncRawCursor(conn)
+                    taken = (await raw.execute(APPEND_NEXT, (core._key, guess, line))).rowcount
+                    committing = taken == 1
+                    core._guessed(guess if committing else None, expected_last_seq)
+                    if committing:
+                        return AppendSummary(self.path, guess, 1)
+                middle = b',"ts_ms":%d,"event_type":' % ts_ms
+                sql, params = core._statement(batch, middle, expected_last_seq)
                 cursor = conn.cursor()
                 while True:  # as PostgresLedger._append, one statement at a time
                     committing = True
@@ -184,6 +196,7 @@ class AsyncPostgresLedger:
         except psycopg.Error as error:
             raise await self._fail(error, committing, "the batch ") from error
         if row is not None:
+            core._numbered(int(row[0]) + count)
             return AppendSummary(self.path, int(row[0]) + count, count)
         if expected_last_seq is not None and expected_last_seq != last_seq:
             raise SeqConflict(self.path, expected_last_seq, last_seq)

@@ -97,6 +97,22 @@ APPEND_ONE = _APPEND.format(
     count="1", lines="(SELECT %(rest)s::bytea AS rest, 1 AS i)", channel=CHANNEL
 )
 
+#: The append of one whole line numbered by the client, taken only if the ledger's last seq
+#: is the one before and its last record is not hashed: parameters $1 key, $2 seq, $3 line;
+#: prepared by the client as APPEND_NEXT_NAME with APPEND_NEXT_TYPES. The head row's RETURNING
+#: notifies (it is computed for the row it moves). Nothing comes back: the INSERT's row count
+#: says whether the line was taken (see _pgappend).
+APPEND_NEXT = f"""WITH h AS (
+    UPDATE attempt_ledger_heads h SET last_seq = $2
+    WHERE h.key = $1 AND h.last_seq = $2 - 1 AND h.last_hash IS NULL
+    RETURNING CASE WHEN cardinality(h.listeners) > 0
+        THEN pg_notify('{CHANNEL}', encode(h.key, 'hex')) END)
+INSERT INTO attempt_ledger_receipts (key, seq, line) SELECT $1, $2, $3 FROM h"""
+# Named by its text, so that another statement (or another version's) is never taken for it.
+_NEXT_DIGEST = hashlib.sha256(APPEND_NEXT.encode()).hexdigest()[:16]
+APPEND_NEXT_NAME = f"attempt_ledger_{_NEXT_DIGEST}".encode()
+APPEND_NEXT_TYPES = (17, 1700, 17)  # bytea, numeric, bytea
+
 #: The append of several lines: parameters key, expected, head, count, middle (what follows
 #: the seq up to the tail), tails (joined by newlines, which no encoded line contains; the
 #: 'escape' encoding splits them keeping every other byte as it is). Splitting costs a

@@ -29,15 +29,16 @@ except ModuleNotFoundError as error:  # an optional part: say which extra brings
         name=error.name,
     ) from error
 
-from ._chain import chain_head
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import SeqConflict, SeqExhausted
 from ._lines import decode_record
+from ._pgappend import AppendStatements
 from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
 from ._pgschema import (
-    APPEND,
     APPEND_CHAINED,
-    APPEND_ONE,
+    APPEND_NEXT,
+    APPEND_NEXT_NAME,
+    APPEND_NEXT_TYPES,
     CHANNEL,
     CREATE_HEAD,
     HEAD_STATE,
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 
-class PostgresLedger(Connections):
+class PostgresLedger(Connections, AppendStatements):
     """The receipt ledger of one (run, node) in a PostgreSQL database.
 
     :param conninfo: a connection string (the ledger opens and owns one connection, and
@@ -80,7 +81,9 @@ class PostgresLedger(Connections):
         and given back, also on errors). Each operation commits on its own: a borrowed
         connection that is not in autocommit mode gets a transaction block per operation, and
         one with a transaction already open is refused (the append would be committed, or lost,
-        with the caller's transaction, holding the ledger's row lock until then).
+        with the caller's transaction, holding the ledger's row lock until then). On an
+        autocommit connection the one-line append is a statement the ledger prepares there
+        (unless the connection's ``prepare_threshold`` is ``None``).
     :param run_id: the run's id, stored raw (no sanitising).
     :param node_id: the node's id, likewise.
     :param hash_chain: write schema-2 records, chained by SHA-256, as
@@ -113,7 +116,8 @@ class PostgresLedger(Connections):
         self._ids = {"k": self._key, "r": id_bytes(run_id), "n": id_bytes(node_id)}
         #: Names the ledger in errors: ``postgres:/<run_id>/<node_id>``.
         self.path = ledger_name(run_id, node_id)
-        super().__init__(conninfo)
+        Connections.__init__(self, conninfo)
+        AppendStatements.__init__(self)
 
     def __enter__(self) -> PostgresLedger:
         return self
@@ -147,15 +151,24 @@ class PostgresLedger(Connections):
 
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
         count = len(batch.tails)
-        # The server numbers the lines: it gets the pieces around the seq (the tails without
-        # their newline) and splices it in.
-        middle = b',"ts_ms":%d,"event_type":' % (time.time_ns() // 1_000_000)
-        sql, params = self._statement(batch, middle, expected_last_seq)
+        ts_ms = time.time_ns() // 1_000_000
+        guess = self._guess(batch, expected_last_seq, ts_ms)
         committing, last_seq = False, 0
         try:
             with self._use() as conn:
                 # Single statements only: threads may share this connection, and one's
                 # transaction block would take in the others' statements.
+                if guess is not None:
+                    committing = True
+                    taken = self._append_next(conn, batch.render(guess, ts_ms)[:-1], guess)
+                    committing = taken
+                    self._guessed(guess if taken else None, expected_last_seq)
+                    if taken:
+                        return AppendSummary(self.path, guess, 1)
+                # The server numbers the lines: it gets the pieces around the seq (the tails
+                # without their newline) and splices it in.
+                middle = b',"ts_ms":%d,"event_type":' % ts_ms
+                sql, params = self._statement(batch, middle, expected_last_seq)
                 cursor = self._cursor(conn)
                 while True:
                     committing = True
@@ -175,25 +188,18 @@ class PostgresLedger(Connections):
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise SeqConflict(self.path, expected_last_seq, last_seq)
             raise SeqExhausted(self.path, last_seq, count)
+        self._numbered(int(row[0]) + count)
         return AppendSummary(self.path, int(row[0]) + count, count)
 
-    def _statement(
-        self, batch: EncodedBatch, middle: bytes, expected_last_seq: int | None
-    ) -> tuple[str, dict[str, Any]]:
-        """The append statement for ``batch`` and its parameters."""
-        count = len(batch.tails)
-        params: dict[str, Any] = {"key": self._key, "expected": expected_last_seq}
-        if self._chained:
-            params.update(head=chain_head(batch.head), count=count, middle=middle)
-            params["tails"] = b"\n".join(tail[:-2] for tail in batch.tails)
-            return APPEND_CHAINED, params
-        params["head"] = batch.head
-        if count == 1:
-            params["rest"] = middle + batch.tails[0][:-1]
-            return APPEND_ONE, params
-        params.update(count=count, middle=middle)  # one value, cheaper to send than an array
-        params["tails"] = b"".join(batch.tails)[:-1]
-        return APPEND, params
+    def _append_next(self, conn: psycopg.Connection[Any], line: bytes, seq: int) -> bool:
+        """Run APPEND_NEXT (prepared, or else on a cursor): whether it took ``line``."""
+        params = [self._key, b"%d" % seq, line]
+        taken = self._run_prepared(
+            conn, APPEND_NEXT_NAME, APPEND_NEXT, APPEND_NEXT_TYPES, params, [1, 0, 1]
+        )
+        if taken is None:
+            taken = psycopg.RawCursor(conn).execute(APPEND_NEXT, (self._key, seq, line)).rowcount
+        return taken == 1
 
     def _refusal(self, cursor: psycopg.Cursor[Any], expected: int | None, count: int) -> int | None:
         """After the append statement moved nothing: see :meth:`_refused`; creates the head row
@@ -203,21 +209,6 @@ class PostgresLedger(Connections):
         if refused_at is None and found is None:
             cursor.execute(CREATE_HEAD, self._ids)
         return refused_at
-
-    def _refused(self, found: Any, expected: int | None, count: int) -> int | None:
-        """Given the head row's ``(last_seq, last_hash)`` (``None`` if there is none) after the
-        append statement moved nothing: the last seq that refuses the batch, or ``None`` if it
-        is worth another try: the ledger had no head row (the caller creates it), its last
-        record is hashed (the chain is continued from now on), or its last seq has just reached
-        the expected one (which takes others' commits, and seqs only grow, so the batch is soon
-        appended or refused).
-        """
-        last_seq = 0 if found is None else int(found[0])
-        if (expected is not None and expected != last_seq) or last_seq + count > 2**64 - 1:
-            return last_seq
-        if found is not None and found[1] is not None:
-            self._chained = True
-        return None
 
     def last_seq(self) -> int:
         """Return the ledger's last seq; 0 if it has none.

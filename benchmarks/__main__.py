@@ -114,7 +114,7 @@ def postgres(results: dict, q: bool, say: Callable[[str], None]) -> None:
     say("6. PostgreSQL against a bare INSERT")
     # One process runs briefly, so it runs more, shorter rounds against a drifting machine.
     # (--quick: one round of each, to keep the test suite's smoke run short.)
-    kinds = ["postgres", "pginsert", "pginsert-plain"]
+    kinds = ["postgres", "pginsert", "pginsert-plain", "pginsert-pq"]
     results["postgres_floor"] = {
         **scenarios.postgres_floor(kinds, [(1, 1)], 40 if q else 1000, 1 if q else 15),
         **scenarios.postgres_floor(kinds, [(8, 8)], 40 if q else 3000, 1 if q else 7),
