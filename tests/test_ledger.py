@@ -609,3 +609,21 @@ def test_ids_equal_to_the_last_appends_but_spelled_otherwise_are_stored_raw(root
     ledger.append(1, CaseInsensitive("Worker"), EV)
     ledger.append(1, "worker", EV)
     assert [r.session_id for r in ledger.records()] == ["Worker", "worker"]
+
+
+def test_an_unreadable_tail_names_the_read_and_writes_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AttemptLedger(root, "r", "n").append(1, "s", EV)
+    ledger = AttemptLedger(root, "r", "n")  # knows nothing of the tail: it must read it
+    before = ledger.path.read_bytes()
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pread", pread)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV)
+    assert info.value.reason == "cannot read the ledger's tail: Input/output error"
+    assert info.value.errno == errno.EIO
+    assert ledger.path.read_bytes() == before
