@@ -627,3 +627,25 @@ def test_an_unreadable_tail_names_the_read_and_writes_nothing(
     assert info.value.reason == "cannot read the ledger's tail: Input/output error"
     assert info.value.errno == errno.EIO
     assert ledger.path.read_bytes() == before
+
+
+def test_a_path_that_cannot_be_statted_names_the_stat_and_writes_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)  # open: the next append checks that the path still names it
+    before = ledger.path.read_bytes()
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path) == str(ledger.path):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV)
+    assert info.value.reason == "cannot stat the ledger: Permission denied"
+    assert info.value.errno == errno.EACCES
+    monkeypatch.undo()
+    assert ledger.path.read_bytes() == before
