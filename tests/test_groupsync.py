@@ -25,8 +25,9 @@ from attempt_ledger import (
     ReceiptEvent,
     read_receipt_records,
 )
-from attempt_ledger._groupsync import GroupSync
+from attempt_ledger._groupsync import GroupSync, unknown_durability
 from attempt_ledger._reader import iter_records
+from attempt_ledger._records import AppendSummary
 
 JOIN = 60
 EV = [ReceiptEvent("e", {"k": "v"})]
@@ -478,3 +479,17 @@ def test_a_fork_childs_copy_never_syncs_the_parents_descriptor(
     sync.close()
     sync.wait(ticket)
     assert calls == []
+
+
+def test_unknown_durability_names_the_seqs_the_os_cause_and_why() -> None:
+    summary = AppendSummary(Path("/x/r/n.jsonl"), 6, 3)
+    error = unknown_durability(summary, OSError(errno.EIO, "Input/output error"), "because")
+    assert (error.path, error.first_seq, error.last_seq) == (summary.path, 4, 6)
+    assert error.errno == errno.EIO
+    assert str(error) == (
+        "/x/r/n.jsonl: records written as seqs 4..6; durability unknown: fsync failed "
+        "(Input/output error) and they could not be taken back: because"
+    )
+    bare = unknown_durability(summary, OSError("no strerror"), "because")
+    assert "fsync failed (no strerror) and" in str(bare)
+    assert bare.errno is None
