@@ -649,3 +649,26 @@ def test_a_path_that_cannot_be_statted_names_the_stat_and_writes_nothing(
     assert info.value.errno == errno.EACCES
     monkeypatch.undo()
     assert ledger.path.read_bytes() == before
+
+
+def test_an_append_right_after_our_own_reads_no_tail(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger remembers where its last append ended: while the file still ends there, the
+    # next append knows the last seq without reading the tail again.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    offsets: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        offsets.append(offset)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    assert ledger.append(1, "s", EV).seq == 2
+    assert offsets == []
+    with ledger.path.open("ab") as f:
+        f.write(seq_line(7))  # another writer: the tail must be read again
+    assert ledger.append(1, "s", EV).seq == 8
+    assert offsets != []
