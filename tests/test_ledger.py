@@ -672,3 +672,21 @@ def test_an_append_right_after_our_own_reads_no_tail(
         f.write(seq_line(7))  # another writer: the tail must be read again
     assert ledger.append(1, "s", EV).seq == 8
     assert offsets != []
+
+
+def test_a_non_str_id_is_named_with_its_type(root: Path) -> None:
+    with pytest.raises(TypeError, match=r"^run_id must be str, not int$"):
+        AttemptLedger(root, 5, "n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^node_id must be str, not bytes$"):
+        AttemptLedger(root, "r", b"n")  # type: ignore[arg-type]
+    assert not root.exists()
+
+
+def test_ts_ms_is_the_clock_floored_to_the_millisecond(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 999_999 ns short of the next millisecond: a float division would round it up.
+    monkeypatch.setattr(ledger_module.time, "time_ns", lambda: 1_700_000_000_123_999_999)
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    assert [r.ts_ms for r in ledger.records()] == [1_700_000_000_123]
