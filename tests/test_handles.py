@@ -157,3 +157,36 @@ def test_roll_back_whose_truncate_fails_names_both_causes(
     )
     assert info.value.errno == errno.ENOSPC  # the append's cause, not the truncate's
     assert info.value.__cause__ is error
+
+
+# -- Handles.open ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exists", "error"),
+    [
+        (True, PermissionError(errno.EACCES, "Permission denied")),
+        (False, OSError(errno.ENOSPC, "No space left on device")),  # while creating it
+    ],
+)
+def test_a_ledger_that_cannot_be_opened_names_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool, error: OSError
+) -> None:
+    path = tmp_path / "n.jsonl"
+    if exists:
+        path.write_bytes(b"")
+    real_open = os.open
+
+    def fake_open(file: str, flags: int, *args: int) -> int:
+        if file == str(path) and (exists or flags & os.O_CREAT):
+            raise error
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    handles = Handles()
+    with pytest.raises(LedgerIOError) as info:
+        handles.open(path, durable=False)
+    assert info.value.path == path
+    assert info.value.reason == f"cannot open the ledger: {error.strerror}"
+    assert info.value.errno == error.errno
+    assert handles.fd is None
