@@ -190,3 +190,22 @@ def test_a_ledger_that_cannot_be_opened_names_the_open(
     assert info.value.reason == f"cannot open the ledger: {error.strerror}"
     assert info.value.errno == error.errno
     assert handles.fd is None
+
+
+def test_a_new_ledger_whose_directory_cannot_be_synced_names_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "n.jsonl"
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    handles = Handles()
+    with pytest.raises(LedgerIOError) as info:
+        handles.open(path, durable=True)
+    assert info.value.path == path
+    assert info.value.reason == "cannot open the ledger: Input/output error"
+    assert info.value.errno == errno.EIO
+    assert (handles.fd, handles.sync) == (None, None)  # closed: the next open syncs again
+    assert handles.new_dirs == [path]
