@@ -13,6 +13,7 @@ import pytest
 from filelock import FileLock
 
 import attempt_ledger._ledger as ledger_module
+import attempt_ledger._watch as watch
 from attempt_ledger import (
     AttemptLedger,
     DurabilityUnknown,
@@ -493,6 +494,7 @@ def test_follow_waits_its_poll_interval(
     assert fake.sleeps[0] == first_sleep
 
 
+@pytest.mark.skipif(watch.INotify is None, reason="inotify is Linux's")
 def test_reconcile_is_woken_by_an_append_not_its_poll(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
