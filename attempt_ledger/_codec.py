@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ._errors import InvalidEvent, SeqConflict
-from ._fastjson import dump_plain
+from ._fastjson import dump_finite, dump_plain
 from ._floats import REPR_DIFFERS, dump_json
 from ._lines import on_fresh_stack
 from ._records import (
@@ -140,6 +140,7 @@ def _dump_text(payload: object) -> str:
 
 def _payload_bytes(payload: object) -> bytes:
     # encode_payload's text as UTF-8: orjson's bytes where they are the same (_fastjson).
+    # (encode_tail has already tried a flat payload's shortcut.)
     if _check_payload(payload):
         data = dump_plain(payload)
         if data is not None:
@@ -184,9 +185,9 @@ class EncodedBatch:
     def render(self, first_seq: int, ts_ms: int) -> bytes:
         """Join the lines, numbering them from ``first_seq``."""
         head = self.head
-        ts = b',"ts_ms":%d,"event_type":' % ts_ms
         if len(self.tails) == 1:
-            return b"%s%d%s%s" % (head, first_seq, ts, self.tails[0])
+            return b'%s%d,"ts_ms":%d,"event_type":%s' % (head, first_seq, ts_ms, self.tails[0])
+        ts = b',"ts_ms":%d,"event_type":' % ts_ms
         return b"".join(
             [b"%s%d%s%s" % (head, seq, ts, tail) for seq, tail in enumerate(self.tails, first_seq)]
         )
@@ -213,33 +214,48 @@ def encode_tail(event_type: str, payload: object) -> bytes:
 
     :raises ValueError: if ``event_type`` is not a str or ``payload`` is not a JSON value.
     """
-    if not isinstance(event_type, str):
+    quoted = _event_types.get(event_type) if type(event_type) is str else None
+    if quoted is None and not isinstance(event_type, str):
         raise ValueError(f"event_type must be str, not {type(event_type).__name__}")
     try:
-        payload_bytes = _payload_bytes(payload)
-        quoted = _quote(rust_trim(event_type)).encode()
+        payload_bytes: bytes | None = None
+        if type(payload) is dict:
+            # The common payload: an object whose keys are strs and whose values are builtin
+            # scalars themselves (no subclasses), no float NaN or infinite (NaN - NaN and
+            # inf - inf are NaN, x - x is 0 for a finite x). It needs no walk, and orjson's
+            # bytes no scan for the nulls it writes for NaN. Inline: every append runs it.
+            scalars = _EXACT_SCALARS
+            for key, item in payload.items():
+                kind = type(item)
+                if type(key) is not str or kind not in scalars or (kind is float and item - item):
+                    break
+            else:
+                payload_bytes = dump_finite(payload)  # None: an int past 64 bits, a surrogate
+        if payload_bytes is None:
+            payload_bytes = _payload_bytes(payload)
+        if quoted is None:
+            quoted = _event_type_bytes(event_type)
     except UnicodeEncodeError as error:
         raise ValueError(f"event cannot be encoded as UTF-8: {error.reason}") from None
     return b'%s,"payload":%s}\n' % (quoted, payload_bytes)
 
 
-def encode_events(head: bytes, events: Sequence[ReceiptEvent]) -> EncodedBatch:
-    """Encode a batch of events.
+def _event_type_bytes(event_type: str) -> bytes:
+    # The event type trimmed and quoted, kept for the next time if it is short and a str itself.
+    quoted = _quote(rust_trim(event_type)).encode()
+    if type(event_type) is str and len(event_type) <= _EVENT_TYPE_KEPT_CHARS:
+        if len(_event_types) >= _EVENT_TYPES_KEPT:
+            _event_types.clear()
+        _event_types[event_type] = quoted
+    return quoted
 
-    :raises IndexedValueError: naming the first bad event.
-    """
-    try:
-        tails = [encode_tail(event.event_type, event.payload) for event in events]
-    except (ValueError, AttributeError):
-        for index, event in enumerate(events):  # find which one, off the fast path
-            try:
-                if not hasattr(event, "event_type") or not hasattr(event, "payload"):
-                    raise ValueError(f"expected a ReceiptEvent, got {type(event).__name__}")
-                encode_tail(event.event_type, event.payload)
-            except ValueError as error:
-                raise IndexedValueError(index, str(error)) from None
-        raise
-    return EncodedBatch(head, tails)
+
+# Event types as encode_tail writes them: workers repeat a few, trimming and quoting them costs
+# more than a lookup. Only exact strs (a subclass may compare equal to one and differ). Bounded
+# (cleared when full, short ones only): a few hundred KiB at most.
+_EVENT_TYPES_KEPT = 256
+_EVENT_TYPE_KEPT_CHARS = 128
+_event_types: dict[str, bytes] = {}
 
 
 def encode_batch(
@@ -253,18 +269,39 @@ def encode_batch(
 ) -> EncodedBatch:
     """Check and encode an append's batch before any I/O; every backend appends through this.
 
-    :param head: the encoded ids, when the caller has them from an earlier append.
+    :param head: the encoded ids, when the caller has them from an earlier append of these
+        very ids (equal, and of the builtin types themselves), checked then: not again.
     :raises InvalidEvent: naming ``path``, the field or the event that is wrong.
     """
     try:
-        check_ids(run_id, node_id, attempt, session_id)
         if head is None:
+            check_ids(run_id, node_id, attempt, session_id)
             head = encode_head(run_id, node_id, attempt, session_id)
-        return encode_events(head, events if isinstance(events, list) else list(events))
-    except IndexedValueError as error:
-        raise InvalidEvent(path, str(error), error.index) from None
+        events = events if isinstance(events, list) else list(events)
     except ValueError as error:
         raise InvalidEvent(path, str(error)) from None
+    tails: list[bytes] = []
+    try:
+        for event in events:  # a loop, not a comprehension: no frame to make for one event
+            tails.append(encode_tail(event.event_type, event.payload))
+    except (ValueError, AttributeError):
+        bad = _first_bad_event(events)
+        if bad is None:
+            raise
+        raise InvalidEvent(path, bad[1], bad[0]) from None
+    return EncodedBatch(head, tails)
+
+
+def _first_bad_event(events: Sequence[ReceiptEvent]) -> tuple[int, str] | None:
+    # The index of the first event encode_tail refuses, and why; off the fast path.
+    for index, event in enumerate(events):
+        try:
+            if not hasattr(event, "event_type") or not hasattr(event, "payload"):
+                raise ValueError(f"expected a ReceiptEvent, got {type(event).__name__}")
+            encode_tail(event.event_type, event.payload)
+        except ValueError as error:
+            return index, str(error)
+    return None
 
 
 def empty_append(path: Path, last_seq: int, expected_last_seq: int | None) -> AppendSummary:
@@ -293,14 +330,6 @@ def check_expected_last_seq(path: Path, expected_last_seq: object) -> int | None
         reason = f"expected_last_seq {expected_last_seq} is outside 0..{U64_MAX}"
         raise InvalidEvent(path, reason)
     return int(expected_last_seq)
-
-
-class IndexedValueError(ValueError):
-    """A :class:`ValueError` about one event of a batch."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(reason)
-        self.index = index
 
 
 def encode_record(record: ReceiptRecord) -> bytes:

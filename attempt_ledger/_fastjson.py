@@ -20,13 +20,20 @@ def dump_plain(payload: object) -> bytes | None:
     """Return the JSON bytes of a checked payload made of builtin types only (no subclasses),
     or ``None`` where orjson's bytes might not be the reference encoder's.
     """
-    try:
-        data = orjson.dumps(payload, option=_OPTIONS)
-    except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
-        return None
+    data = dump_finite(payload)
     # NaN and infinities come out as null: let the reference encoder refuse them (a payload
     # holding None, or "null" in a string, takes that path too; same bytes, a little slower).
-    return None if b"null" in data else data
+    return None if data is None or b"null" in data else data
+
+
+def dump_finite(payload: object) -> bytes | None:
+    """:func:`dump_plain` for a payload known to hold no float NaN or infinite: its bytes need
+    no scan for the ``null`` orjson writes for them.
+    """
+    try:
+        return orjson.dumps(payload, option=_OPTIONS)
+    except orjson.JSONEncodeError:  # an int beyond 64 bits, a lone surrogate
+        return None
 
 
 def load_quick(line: bytes) -> object:

@@ -10,6 +10,7 @@ from typing import NoReturn
 from ._errors import LedgerIOError
 from ._files import CLOEXEC, open_regular
 from ._groupsync import GroupSync
+from ._reader import tail_state
 
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | CLOEXEC
 
@@ -145,6 +146,20 @@ def write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)[written:]
         while view:
             view = view[os.write(fd, view) :]
+
+
+def read_tail(path: Path, fd: int, size: int) -> tuple[int, bytes, str | None]:
+    """Read the tail of the ledger open at ``fd``, ``size`` bytes long.
+
+    :returns: its last seq, the seal to write first (``b"\\n"`` if the last line is torn), and
+        the record_hash to chain from.
+    :raises LedgerIOError: naming ``path``, if the read fails.
+    """
+    try:
+        tail = tail_state(fd, size)
+    except OSError as error:
+        raise LedgerIOError.wrap(path, "read the ledger's tail", error) from error
+    return tail.last_seq, b"\n" if tail.torn else b"", tail.last_hash
 
 
 def roll_back(path: Path, fd: int, size: int, error: OSError) -> NoReturn:

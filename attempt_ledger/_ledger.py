@@ -16,13 +16,20 @@ from ._chain import render_chained
 from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_batch
 from ._errors import LedgerError, LedgerIOError, LockTimeout, SeqConflict, SeqExhausted
 from ._groupsync import Unsynced, unknown_durability
-from ._handles import Handles, make_run_dir, roll_back, write_all
-from ._locking import SidecarLock, check_timeout
+from ._handles import Handles, make_run_dir, read_tail, roll_back, write_all
+from ._locking import SidecarLock, StaleLock, check_timeout
 from ._paths import lock_path_for, name_error, receipts_path, to_root
 from ._protocol import Ledger
-from ._reader import iter_records, read_last_seq, tail_state
+from ._reader import iter_records, read_last_seq
 from ._reconcile import follow, reconcile
-from ._records import U64_MAX, AppendSummary, ReceiptEvent, ReceiptRecord, ReconcileSummary
+from ._records import (
+    U64_MAX,
+    AppendSummary,
+    ReceiptEvent,
+    ReceiptRecord,
+    ReconcileSummary,
+    append_summary,
+)
 
 
 @attrs.frozen(eq=False)
@@ -137,25 +144,30 @@ class AttemptLedger:
         :raises DurabilityUnknown: in durable mode, if the fsync failed after another writer had
             appended: the records stay, as the seqs it names; their durability is unknown.
         """
-        expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
-        cached = self._handles.head  # the ids of the last append, encoded: workers repeat them
-        head = cached[2] if cached is not None and cached[:2] == (attempt, session_id) else None
-        ids = (self.run_id, self.node_id, attempt, session_id)
-        batch = encode_batch(self.path, *ids, events, head)  # checks the ids all the same
-        if head is None:
+        if expected_last_seq is not None:
+            expected_last_seq = check_expected_last_seq(self.path, expected_last_seq)
+        path, cached = self.path, self._handles.head  # the last append's ids, encoded
+        exact = type(attempt) is int and type(session_id) is str  # a subclass may lie in ==
+        head: bytes | None = None
+        if exact and cached is not None and cached[0] == attempt and cached[1] == session_id:
+            head = cached[2]  # the very ids, checked then: workers repeat them
+        batch = encode_batch(path, self.run_id, self.node_id, attempt, session_id, events, head)
+        if head is None and exact:
             self._handles.head = (attempt, session_id, batch.head)
         if not batch.tails:
-            return empty_append(self.path, self.last_seq(), expected_last_seq)
+            return empty_append(path, self.last_seq(), expected_last_seq)
         lock = self._lock
         while True:
             lock.acquire(self.lock_timeout)
             try:
                 summary, unsynced = self._write_locked(batch, expected_last_seq)
                 break
-            except _StaleLock:
+            except StaleLock:
                 lock.close()  # the lock file is no longer at its path: lock the one that is
             finally:
                 lock.release()
+        if unsynced is None:
+            return summary
         return self._await_sync(summary, unsynced, relock=True)  # durable: group commit
 
     def _try_append(
@@ -204,7 +216,7 @@ class AttemptLedger:
             # (Re)opening the ledger: first make sure the lock we hold is the one at its path. A
             # run directory moved away takes its lock file along, still linked.
             if not self._lock.is_current():
-                raise _StaleLock
+                raise StaleLock
             handles.close()
             fd, stat = self._handles.open(self.path, durable=self.durable)
         size = stat.st_size
@@ -213,7 +225,7 @@ class AttemptLedger:
             last_seq, last_hash = known[2], known[3]
             seal = b""
         else:
-            last_seq, seal, last_hash = self._read_tail(fd, size)
+            last_seq, seal, last_hash = read_tail(self.path, fd, size)
         if expected_last_seq is not None and expected_last_seq != last_seq:
             raise SeqConflict(self.path, expected_last_seq, last_seq)
         count = len(batch.tails)
@@ -233,7 +245,7 @@ class AttemptLedger:
             roll_back(self.path, fd, size, error)
         last_seq += count
         handles.known = (stat.st_ino, size + len(data), last_seq, last_hash)
-        summary = AppendSummary(self.path, last_seq, count)
+        summary = append_summary(self.path, last_seq, count)
         sync = handles.sync
         if sync is None:
             return summary, None
@@ -281,14 +293,6 @@ class AttemptLedger:
         finally:
             if relock:
                 lock.release()
-
-    def _read_tail(self, fd: int, size: int) -> tuple[int, bytes, str | None]:
-        # The last seq, the seal to write first (if the last line is torn), the hash to chain from.
-        try:
-            tail = tail_state(fd, size)
-        except OSError as error:
-            raise LedgerIOError.wrap(self.path, "read the ledger's tail", error) from error
-        return tail.last_seq, b"\n" if tail.torn else b"", tail.last_hash
 
     def _ledger_fd(self) -> int:
         """The ledger's descriptor, opened (and the file created) if need be. Mutex held."""
@@ -377,10 +381,6 @@ class AttemptLedger:
             clock=clock,
             sleep=sleep,
         )
-
-
-class _StaleLock(Exception):
-    """Raised under the lock when the lock file held is no longer the one at its path."""
 
 
 def _rebuild(

@@ -13,6 +13,7 @@ in the middle of an append): that would wait for itself for ever, so it raises
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -31,6 +32,12 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+# filelock's primitive on POSIX, called directly: its wrappers cost more than the flock itself.
+_TRY_EXCLUSIVE = fcntl.LOCK_EX | fcntl.LOCK_NB if fcntl is not None else 0
+_UNLOCK = fcntl.LOCK_UN if fcntl is not None else 0
+# What a non-blocking lock fails with when another holds it (filelock's set).
+_HELD = frozenset({errno.EAGAIN, errno.EACCES})
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | CLOEXEC
 _READ_ONLY_FLAGS = os.O_RDONLY | CLOEXEC
@@ -110,7 +117,10 @@ class SidecarLock:
             deadline = self._clock() + timeout
             if not self._mutex.acquire(timeout=max(timeout, 0)):
                 raise LockTimeout(self.path, timeout)
-        self._claim()
+        if self._owner is not None:  # _claim(), inline: every append runs this
+            self._mutex.release()
+            raise LockReentered(self.path)
+        self._owner = get_ident()
         try:
             while True:
                 fd = self._fd if self._fd is not None else self._open()
@@ -153,7 +163,10 @@ class SidecarLock:
         try:
             if self._fd is not None:
                 try:
-                    unlock_descriptor(self._fd)
+                    if fcntl is None:  # pragma: no cover - Windows
+                        unlock_descriptor(self._fd)
+                    else:
+                        fcntl.flock(self._fd, _UNLOCK)
                 except OSError:
                     self._close()
         finally:
@@ -228,8 +241,13 @@ class SidecarLock:
 
     def _try_lock(self, fd: int) -> bool:
         try:
-            return lock_descriptor(fd, blocking=False)
+            if fcntl is None:  # pragma: no cover - Windows
+                return lock_descriptor(fd, blocking=False)
+            fcntl.flock(fd, _TRY_EXCLUSIVE)
+            return True
         except OSError as error:
+            if error.errno in _HELD:
+                return False
             self._close()
             raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
 
@@ -268,6 +286,10 @@ class SidecarLock:
             if held and other is not self:
                 self._close()
                 raise LockReentered(self.path)
+
+
+class StaleLock(Exception):
+    """Raised under the lock when the lock file held is no longer the one at its path."""
 
 
 def check_timeout(_: object, __: object, value: float | None) -> None:

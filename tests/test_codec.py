@@ -405,3 +405,134 @@ def test_a_payload_the_c_encoder_returns_in_several_pieces_is_joined_as_is() -> 
     # CPython 3.11's C encoder hands back a long output in chunks; they join with nothing.
     payload = list(range(100_000))
     assert encode_payload(payload) == json.dumps(payload, separators=(",", ":"))
+
+
+# -- the hot path's shortcuts: a flat payload, a repeated event type ------------------------------
+
+flat_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),  # past 64 bits too: orjson declines those, the reference writes them
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(st.sampled_from('\x00\x1f\x7f\u2028"\\é\U0001f600e-0null')),
+)
+
+
+def _reference_tail(event_type: str, payload: object) -> bytes:
+    return b'"%s","payload":%s}\n' % (
+        rust_trim(event_type).encode(),
+        encode_payload(payload).encode(),
+    )
+
+
+@given(st.dictionaries(st.text(max_size=8), flat_scalars, max_size=6))
+def test_a_flat_payload_is_written_as_the_reference_writes_it(payload: dict[str, object]) -> None:
+    assert encode_tail("e", payload) == _reference_tail("e", payload)
+
+
+_non_finite = st.sampled_from([math.nan, -math.nan, math.inf, -math.inf])
+
+
+@given(st.dictionaries(st.text(max_size=4), st.one_of(_non_finite, st.floats(), flat_scalars)))
+def test_a_flat_payload_is_refused_exactly_when_it_holds_nan_or_infinity(
+    payload: dict[str, object],
+) -> None:
+    if all(not isinstance(v, float) or math.isfinite(v) for v in payload.values()):
+        assert encode_tail("e", payload) == _reference_tail("e", payload)
+    else:
+        with pytest.raises(ValueError, match="payload is not JSON"):
+            encode_tail("e", payload)
+
+
+def test_a_flat_payload_needs_no_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attempt_ledger._codec as codec_module
+
+    def walk(payload: object) -> bool:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(codec_module, "_check_payload", walk)
+    assert encode_tail("e", {"b": 1.5, "a": None, "c": "x"}) == (
+        b'"e","payload":{"a":null,"b":1.5,"c":"x"}}\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"x": math.nan}, {"x": math.inf}, {"a": 1, "x": -math.inf}, {"x": 1e308 * 10}],
+)
+def test_a_flat_payload_holding_nan_or_infinity_is_refused(payload: object) -> None:
+    with pytest.raises(ValueError, match="payload is not JSON"):
+        encode_tail("e", payload)
+
+
+class _Score(float):
+    pass
+
+
+class _Key(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"s": _Score(1e-5)}, {"s": _Score(math.nan)}, {_Key("k"): 1}, {"k": _Key("v")}, {"b": 2**64}],
+)
+def test_a_flat_payload_with_subclasses_or_big_ints_takes_the_reference_path(
+    payload: dict[str, object],
+) -> None:
+    if any(isinstance(v, float) and not math.isfinite(v) for v in payload.values()):
+        with pytest.raises(ValueError, match="payload"):
+            encode_tail("e", payload)
+    else:
+        assert encode_tail("e", payload) == _reference_tail("e", payload)
+
+
+def test_a_flat_payload_with_a_key_that_is_not_a_str_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-string object key"):
+        encode_tail("e", {"a": 1, 2: 3})
+
+
+class _Liar(str):
+    """A str that says it equals any str, and hashes like "a"."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("a")
+
+
+def test_a_repeated_event_type_is_written_the_same() -> None:
+    first = encode_tail("\u3000start\x85", 1)
+    assert first == encode_tail("\u3000start\x85", 1) == b'"start","payload":1}\n'
+
+
+def test_an_event_type_subclass_is_never_taken_for_a_cached_one() -> None:
+    encode_tail("a", 1)  # cached
+    assert encode_tail(_Liar("b"), 1) == b'"b","payload":1}\n'
+    assert encode_tail("a", 1) == b'"a","payload":1}\n'
+
+
+def test_the_event_type_cache_is_bounded() -> None:
+    import attempt_ledger._codec as codec_module
+
+    for n in range(codec_module._EVENT_TYPES_KEPT * 2 + 3):
+        assert encode_tail(f"type-{n}", None) == b'"type-%d","payload":null}\n' % n
+        assert len(codec_module._event_types) <= codec_module._EVENT_TYPES_KEPT
+
+
+def test_a_long_event_type_is_not_kept() -> None:
+    import attempt_ledger._codec as codec_module
+
+    for long in ("x" * (codec_module._EVENT_TYPE_KEPT_CHARS + 1), "y" * 1_000_000):
+        assert encode_tail(long, None) == b'"%s","payload":null}\n' % long.encode()
+        assert long not in codec_module._event_types
+    short = "z" * codec_module._EVENT_TYPE_KEPT_CHARS
+    encode_tail(short, None)
+    assert short in codec_module._event_types
+
+
+def test_an_event_type_that_cannot_be_encoded_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="UTF-8"):
+            encode_tail("\ud800", None)

@@ -4,6 +4,7 @@ descriptor table as they were."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -14,7 +15,6 @@ from typing import Any
 import attrs
 import pytest
 
-import attempt_ledger._locking as locking_module
 from attempt_ledger import AttemptLedger, LedgerIOError, ReceiptEvent
 
 EV = [ReceiptEvent("e", {"k": "v"})]
@@ -118,7 +118,7 @@ STEPS = [
         errno.EMFILE,
         fresh=True,
     ),
-    Step("take the lock", locking_module, "lock_descriptor", lambda *a: True, errno.ENOLCK),
+    Step("take the lock", fcntl, "flock", lambda _, op: op & fcntl.LOCK_EX, errno.ENOLCK),
     Step("stat the ledger", os, "lstat", lambda p, *a: str(p).endswith("node.jsonl"), errno.EIO),
     Step("read the tail", os, "pread", _on_ledger, errno.EIO, fresh=True),
     Step("seal write", os, "write", _on_ledger, errno.ENOSPC, torn=True),
@@ -173,7 +173,7 @@ def test_failed_unlock_still_releases_and_reports_success(
     monkeypatch: pytest.MonkeyPatch, root: Path
 ) -> None:
     ledger = AttemptLedger(root, "run", "node")
-    with failing(monkeypatch, locking_module, "unlock_descriptor", lambda *a: True, errno.EIO):
+    with failing(monkeypatch, fcntl, "flock", lambda _, op: op == fcntl.LOCK_UN, errno.EIO):
         assert ledger.append(1, "s", EV).seq == 1  # the records are written: no error
     assert another_process_appends(root) == 2
     assert ledger.append(1, "s", EV).seq == 3

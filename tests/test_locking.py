@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from filelock import FileLock, Timeout
 
 from attempt_ledger import LedgerError, LedgerIOError, LockReentered, LockTimeout, _locking
 from attempt_ledger._locking import SidecarLock, check_timeout
@@ -271,8 +272,11 @@ class _FakeTime:
 
 def _no_blocking_flock(monkeypatch: pytest.MonkeyPatch) -> None:
     def flock(fd: int, operation: int) -> None:
-        raise AssertionError("a lock with a timeout must poll, not block")
+        if operation == fcntl.LOCK_EX:
+            raise AssertionError("a lock with a timeout must poll, not block")
+        real_flock(fd, operation)  # a try (LOCK_NB), an unlock
 
+    real_flock = fcntl.flock
     monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
 
 
@@ -523,16 +527,19 @@ def test_a_lock_the_os_refuses_names_the_path_and_closes(
         done.wait(timeout=30)
         holder.release()
 
+    def flock(fd: int, operation: int) -> None:  # the blocking wait fails, not the try
+        (_failing if operation == fcntl.LOCK_EX else real_flock)(fd, operation)
+
+    real_flock = fcntl.flock
     thread = threading.Thread(target=hold)
     if blocking:  # the first try finds it held by another thread, the blocking wait fails
         thread.start()
         assert holding.wait(timeout=30)
-        monkeypatch.setattr(
-            _locking, "fcntl", SimpleNamespace(flock=_failing, LOCK_EX=fcntl.LOCK_EX)
-        )
+        monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
     else:
-        monkeypatch.setattr(_locking, "lock_descriptor", _failing)
+        monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=_failing))
     lock = make_lock(tmp_path)
+    gc.collect()  # other tests' dropped locks first: none may close mid-count
     before = _fd_count()
     try:
         with pytest.raises(LedgerIOError) as info:
@@ -578,7 +585,7 @@ def test_an_unlock_the_os_refuses_closes_the_descriptor_instead(
     lock = make_lock(tmp_path)
     before = _fd_count()
     lock.acquire()
-    monkeypatch.setattr(_locking, "unlock_descriptor", _failing)
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=_failing))
     lock.release()  # never raises
     monkeypatch.undo()
     assert _fd_count() == before
@@ -654,3 +661,40 @@ def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> N
         lock.acquire(timeout)
         lock.release()
     assert waits == [0, 0.5, 0]
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.EACCES])
+def test_a_try_refused_as_held_is_a_held_lock_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # flock is called directly, as filelock's lock_descriptor calls it: the same errnos mean
+    # "held by another" (a timeout), anything else is an error.
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB:
+            raise OSError(code, os.strerror(code))
+        real_flock(fd, operation)
+
+    real_flock = fcntl.flock
+    lock = make_lock(tmp_path)
+    lock.acquire()
+    lock.release()
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    before = _fd_count()
+    with pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)
+    assert _fd_count() == before  # still open: nothing failed
+    monkeypatch.undo()
+    lock.acquire(timeout=0)
+    lock.release()
+
+
+def test_the_lock_is_filelocks_lock(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    with FileLock(tmp_path / "x.lock"), pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)
+    lock.acquire(timeout=0)
+    try:
+        with pytest.raises(Timeout):
+            FileLock(tmp_path / "x.lock").acquire(timeout=0)
+    finally:
+        lock.release()
