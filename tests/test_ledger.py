@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
+import attempt_ledger._codec as codec_module
 import attempt_ledger._ledger as ledger_module
 import attempt_ledger._watch as watch
 from attempt_ledger import (
@@ -703,3 +704,24 @@ def test_ts_ms_is_the_clock_floored_to_the_millisecond(
     ledger = AttemptLedger(root, "r", "n")
     ledger.append(1, "s", EV)
     assert [r.ts_ms for r in ledger.records()] == [1_700_000_000_123]
+
+
+def test_a_worker_repeating_its_ids_has_them_encoded_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The append's cache of the encoded ids: what a worker appending in a loop saves.
+    encoded: list[tuple[int, str]] = []
+    real_encode_head = codec_module.encode_head
+
+    def encode_head(run_id: str, node_id: str, attempt: int, session_id: str) -> bytes:
+        encoded.append((attempt, session_id))
+        return real_encode_head(run_id, node_id, attempt, session_id)
+
+    monkeypatch.setattr(codec_module, "encode_head", encode_head)
+    ledger = AttemptLedger(root, "r", "n")
+    for _ in range(3):
+        ledger.append(1, "s", EV)
+    ledger.append(2, "s", EV)
+    ledger.append(2, "s", EV)
+    assert encoded == [(1, "s"), (2, "s")]
+    assert [(r.attempt, r.session_id) for r in ledger.records()] == [(1, "s")] * 3 + [(2, "s")] * 2
