@@ -3,6 +3,7 @@ an fsync failure reports once others may have appended after the failed append."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import multiprocessing
@@ -24,8 +25,9 @@ from attempt_ledger import (
     ReceiptEvent,
     read_receipt_records,
 )
-from attempt_ledger._groupsync import GroupSync
+from attempt_ledger._groupsync import GroupSync, unknown_durability
 from attempt_ledger._reader import iter_records
+from attempt_ledger._records import AppendSummary
 
 JOIN = 60
 EV = [ReceiptEvent("e", {"k": "v"})]
@@ -394,3 +396,100 @@ def test_a_failed_fsync_when_the_lock_cannot_be_had_again_says_so(
     assert (info.value.first_seq, info.value.last_seq) == (2, 2)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert ledger.append(1, "s", EV).seq == 3
+
+
+# -- what the mutation run of _groupsync asked for (CONTRIBUTING.md, "Mutation testing") ---------
+
+
+def test_each_ticket_gets_the_error_of_the_failure_that_covers_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Failures in a row widen the last one (its newest error stands for all its tickets); a
+    # success in between starts a new one; the tickets a success covered stay durable.
+    errors = [OSError(errno.EIO, f"I/O error {n}") for n in range(6)]
+    outcomes: list[OSError | None] = [errors[0], errors[1], None, errors[2], errors[3], None]
+    outcomes += [errors[4], errors[5]]
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync = GroupSync(3)
+    tickets = [sync.ticket(), sync.ticket()]
+    for _ in range(8):
+        with contextlib.suppress(OSError):
+            sync.wait(tickets[-1])
+        tickets.append(sync.ticket())
+    assert outcomes == []
+    expected = [errors[1]] * 3 + [None] + [errors[3]] * 2 + [None] + [errors[5]] * 2
+    for ticket, error in zip(tickets, expected, strict=False):
+        if error is None:
+            sync.wait(ticket)
+        else:
+            with pytest.raises(OSError, match="I/O error") as raised:
+                sync.wait(ticket)
+            assert raised.value is error, ticket
+    assert len(calls) == 8  # none of those waits needed an fsync
+
+
+def test_close_fsyncs_only_what_is_unsynced(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    GroupSync(5).close()  # nothing written
+    assert calls == []
+    sync = GroupSync(7)
+    sync.wait(sync.ticket())
+    sync.close()  # everything synced already
+    assert calls == [7]
+
+
+def test_a_close_whose_fsync_failed_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync = GroupSync(7)
+    ticket = sync.ticket()
+    sync.close()
+    sync.close()  # the descriptor is the caller's to close now: it must not be synced
+    assert calls == [7]
+    with pytest.raises(OSError, match="I/O error"):
+        sync.wait(ticket)
+
+
+def test_a_fork_childs_copy_never_syncs_the_parents_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the at-fork hook leaves in the child, checked in this process (the fork tests of the
+    # ledger run it in a child, where coverage tools do not see it).
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    sync = GroupSync(7)
+    ticket = sync.ticket()
+    sync._forget_parent()
+    assert sync.inherited is True
+    sync.wait(ticket)  # the parent's write: the parent syncs it
+    sync.close()
+    sync.wait(ticket)
+    assert calls == []
+
+
+def test_unknown_durability_names_the_seqs_the_os_cause_and_why() -> None:
+    summary = AppendSummary(Path("/x/r/n.jsonl"), 6, 3)
+    error = unknown_durability(summary, OSError(errno.EIO, "Input/output error"), "because")
+    assert (error.path, error.first_seq, error.last_seq) == (summary.path, 4, 6)
+    assert error.errno == errno.EIO
+    assert str(error) == (
+        "/x/r/n.jsonl: records written as seqs 4..6; durability unknown: fsync failed "
+        "(Input/output error) and they could not be taken back: because"
+    )
+    bare = unknown_durability(summary, OSError("no strerror"), "because")
+    assert "fsync failed (no strerror) and" in str(bare)
+    assert bare.errno is None

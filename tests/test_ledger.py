@@ -1,18 +1,25 @@
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import pickle
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from filelock import FileLock
 
+import attempt_ledger._codec as codec_module
 import attempt_ledger._ledger as ledger_module
+import attempt_ledger._watch as watch
 from attempt_ledger import (
     AttemptLedger,
+    DurabilityUnknown,
     InvalidEvent,
+    LedgerIOError,
     LockTimeout,
     ReceiptEvent,
     SeqExhausted,
@@ -21,6 +28,7 @@ from attempt_ledger import (
     read_receipt_records,
     receipts_path,
 )
+from attempt_ledger._codec import encode_batch
 
 from .strategies import seq_line
 
@@ -472,3 +480,248 @@ def test_ids_equal_to_the_last_ones_but_not_of_their_type_are_checked(root: Path
         ledger.append(1.0, "s", EV)  # type: ignore[arg-type]
     assert ledger.append(1, "s", EV).seq == 2
     assert [(r.attempt, r.session_id) for r in ledger.records()] == [(1, "s")] * 2
+
+
+# -- what the mutation run asked for (CONTRIBUTING.md, "Mutation testing") ----------------------
+
+
+class FakeTime:
+    """A clock and a sleep that only moves it: waits are recorded, never slept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_an_old_pickle_without_hash_chain_rebuilds_a_plain_ledger(root: Path) -> None:
+    # Pickles made before hash_chain existed carry five arguments.
+    ledger = ledger_module._rebuild(root, "r", "n", None, False)
+    assert ledger.hash_chain is False
+    ledger.append(1, "s", EV)
+    assert b"record_hash" not in ledger.path.read_bytes()
+
+
+def test_reconcile_polls_every_10_ms_by_default(root: Path) -> None:
+    fake = FakeTime()
+    summary = AttemptLedger(root, "r", "n").reconcile(1, 30, clock=fake.clock, sleep=fake.sleep)
+    assert not summary.found
+    assert fake.sleeps[0] == 0.01
+    assert max(fake.sleeps) <= 0.01
+
+
+@pytest.mark.parametrize(("given", "first_sleep"), [({}, 0.05), ({"poll_interval": 0.2}, 0.2)])
+def test_follow_waits_its_poll_interval(
+    root: Path, given: dict[str, float], first_sleep: float
+) -> None:
+    fake = FakeTime()
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    follow = ledger.follow(timeout=1.0, clock=fake.clock, sleep=fake.sleep, **given)
+    assert [r.seq for r in follow] == [1]
+    assert fake.sleeps[0] == first_sleep
+
+
+@pytest.mark.skipif(watch.INotify is None, reason="inotify is Linux's")
+def test_reconcile_is_woken_by_an_append_not_its_poll(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    real_last_seq = AttemptLedger.last_seq
+    reads: list[int] = []
+
+    def last_seq(self: AttemptLedger) -> int:
+        seq = real_last_seq(self)
+        reads.append(seq)
+        if len(reads) == 1:
+            AttemptLedger(root, "r", "n").append(1, "s", EV)  # after the read: only a watch sees it
+        return seq
+
+    monkeypatch.setattr(AttemptLedger, "last_seq", last_seq)
+    result: list[Any] = []
+    hour = 3_600_000
+    waiter = threading.Thread(
+        target=lambda: result.append(ledger.reconcile(1, hour, hour)), daemon=True
+    )
+    waiter.start()
+    waiter.join(30)
+    assert not waiter.is_alive(), "reconcile was not woken by the append"
+    assert result[0].found
+    assert reads == [0, 1]
+
+
+def test_try_append_never_waits_for_a_held_lock(root: Path) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    before = ledger.path.read_bytes()
+    holder = os.open(ledger.lock_path, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        # A wait would find the lock free: asyncio's append must get None at once instead.
+        ledger._lock._sleep = lambda _: fcntl.flock(holder, fcntl.LOCK_UN)
+        batch = encode_batch(ledger.path, "r", "n", 1, "s", EV)
+        assert ledger._try_append(batch) is None
+    finally:
+        os.close(holder)
+    assert ledger.path.read_bytes() == before
+
+
+def _failing_ledger_fsync(ledger: AttemptLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == ledger._handles.fd:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_append_locked_takes_back_a_write_whose_fsync_failed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller holds the lock: taking the write back must not try to take it again.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    before = ledger.path.read_bytes()
+    _failing_ledger_fsync(ledger, monkeypatch)
+    batch = encode_batch(ledger.path, "r", "n", 1, "s", EV)
+    ledger._lock.acquire()
+    try:
+        with pytest.raises(LedgerIOError) as info:
+            ledger._append_locked(batch)
+    finally:
+        ledger._lock.release()
+    assert info.value.errno == errno.EIO
+    assert ledger.path.read_bytes() == before
+
+
+def test_a_failed_fsync_when_the_size_cannot_be_checked_says_so(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    _failing_ledger_fsync(ledger, monkeypatch)
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        if fd == ledger._handles.fd:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fstat(fd)
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    why = "the ledger has changed since (another writer appended, or it was moved)"
+    with pytest.raises(DurabilityUnknown) as info:
+        ledger.append(1, "s", EV)  # whether its records still end the file is unknown
+    assert str(info.value).endswith(f"and they could not be taken back: {why}")
+    assert (info.value.first_seq, info.value.last_seq) == (2, 2)
+    monkeypatch.undo()
+    assert seqs(ledger.path) == [1, 2]
+
+
+def test_an_unreadable_tail_names_the_read_and_writes_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AttemptLedger(root, "r", "n").append(1, "s", EV)
+    ledger = AttemptLedger(root, "r", "n")  # knows nothing of the tail: it must read it
+    before = ledger.path.read_bytes()
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pread", pread)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV)
+    assert info.value.reason == "cannot read the ledger's tail: Input/output error"
+    assert info.value.errno == errno.EIO
+    assert ledger.path.read_bytes() == before
+
+
+def test_a_path_that_cannot_be_statted_names_the_stat_and_writes_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)  # open: the next append checks that the path still names it
+    before = ledger.path.read_bytes()
+    real_lstat = os.lstat
+
+    def lstat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if os.fspath(path) == str(ledger.path):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(LedgerIOError) as info:
+        ledger.append(1, "s", EV)
+    assert info.value.reason == "cannot stat the ledger: Permission denied"
+    assert info.value.errno == errno.EACCES
+    monkeypatch.undo()
+    assert ledger.path.read_bytes() == before
+
+
+def test_an_append_right_after_our_own_reads_no_tail(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger remembers where its last append ended: while the file still ends there, the
+    # next append knows the last seq without reading the tail again.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    offsets: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        offsets.append(offset)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    assert ledger.append(1, "s", EV).seq == 2
+    assert offsets == []
+    with ledger.path.open("ab") as f:
+        f.write(seq_line(7))  # another writer: the tail must be read again
+    assert ledger.append(1, "s", EV).seq == 8
+    assert offsets != []
+
+
+def test_a_non_str_id_is_named_with_its_type(root: Path) -> None:
+    with pytest.raises(TypeError, match=r"^run_id must be str, not int$"):
+        AttemptLedger(root, 5, "n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^node_id must be str, not bytes$"):
+        AttemptLedger(root, "r", b"n")  # type: ignore[arg-type]
+    assert not root.exists()
+
+
+def test_ts_ms_is_the_clock_floored_to_the_millisecond(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 999_999 ns short of the next millisecond: a float division would round it up.
+    monkeypatch.setattr(ledger_module.time, "time_ns", lambda: 1_700_000_000_123_999_999)
+    ledger = AttemptLedger(root, "r", "n")
+    ledger.append(1, "s", EV)
+    assert [r.ts_ms for r in ledger.records()] == [1_700_000_000_123]
+
+
+def test_a_worker_repeating_its_ids_has_them_encoded_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The append's cache of the encoded ids: what a worker appending in a loop saves.
+    encoded: list[tuple[int, str]] = []
+    real_encode_head = codec_module.encode_head
+
+    def encode_head(run_id: str, node_id: str, attempt: int, session_id: str) -> bytes:
+        encoded.append((attempt, session_id))
+        return real_encode_head(run_id, node_id, attempt, session_id)
+
+    monkeypatch.setattr(codec_module, "encode_head", encode_head)
+    ledger = AttemptLedger(root, "r", "n")
+    for _ in range(3):
+        ledger.append(1, "s", EV)
+    ledger.append(2, "s", EV)
+    ledger.append(2, "s", EV)
+    assert encoded == [(1, "s"), (2, "s")]
+    assert [(r.attempt, r.session_id) for r in ledger.records()] == [(1, "s")] * 3 + [(2, "s")] * 2
