@@ -288,8 +288,12 @@ async def _follow_many(
     while waiting < followers:  # a follower that armed has read the ledger and waits
         if armed.acquire(blocking=False):
             waiting += 1
-        else:
-            await asyncio.sleep(0)
+            continue
+        for task in tasks:  # one that ended already would leave this loop spinning
+            if task.done():
+                task.result()  # its error, if it failed
+                pytest.fail("a follower ended before anything was appended")
+        await asyncio.sleep(0)
     writer = AttemptLedger(root, "run", "node")
     for _ in range(records):
         writer.append(1, "s", EV)
