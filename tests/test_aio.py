@@ -466,3 +466,16 @@ async def test_reconcile_is_woken_by_an_append(root: Path, monkeypatch: pytest.M
     await ledger.append(1, "s", EV)
     summary = await asyncio.wait_for(task, 30)
     assert (summary.found, summary.last_seq) == (True, 1)
+
+
+@pytest.mark.asyncio
+async def test_reading_lets_the_loop_run_between_chunks_without_waiting(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AttemptLedger(root, "run", "node").append(1, "s", EV * 3)
+    clock = _VirtualTime()
+    monkeypatch.setattr(aio, "asyncio", clock)
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    assert [r.seq for r in await ledger.records()] == [1, 2, 3]
+    assert [r.seq async for r in ledger.follow(1, timeout=0)] == [2, 3]
+    assert set(clock.sleeps) == {0}  # and there were some
