@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,192 @@ def test_a_run_directory_removed_while_its_files_are_open_wakes_through_its_pare
     finally:
         hub.close()
         ledger.close()
+
+
+def test_the_process_hubs_reader_thread_serves_while_armed_and_ends_when_idle(
+    root: Path, armed: threading.Semaphore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hub of this test's own (the process's is made once, by whichever test comes first).
+    idle_pass = threading.Event()  # the reader thread found nothing to read
+    real_select = select.select
+
+    class Select:
+        @staticmethod
+        def select(*args: Any) -> Any:
+            ready = real_select(*args)
+            if not ready[0]:
+                idle_pass.set()
+            return ready
+
+    monkeypatch.setattr(watch, "select", Select)
+    monkeypatch.setattr(watch, "_IDLE", 0.01)
+    monkeypatch.setattr(watch, "_process_hub", None)
+    ledger = AttemptLedger(root, "run", "node")
+    ledger.append(1, "s", EV)
+    hub = watch.process_hub()
+    assert hub is not None
+    assert hub.thread is None  # started by the first arm
+    try:
+        with Follower(ledger, 2) as follower:
+            assert armed.acquire(timeout=30)
+            thread = hub.thread
+            assert thread is not None
+            assert (thread.name, thread.daemon) == ("attempt-ledger-inotify", True)
+            idle_pass.clear()
+            assert idle_pass.wait(30)  # idle with a follower armed: the thread stays for it
+            ledger.append(1, "s", EV)
+            assert follower.join() == [1, 2]
+        thread.join(30)  # nobody left to wake: it ends
+        assert not thread.is_alive()
+        assert hub.thread is None
+        with Follower(ledger, 3) as follower:  # a new follower starts a new thread
+            assert armed.acquire(timeout=30)
+            ledger.append(1, "s", EV)
+            assert follower.join() == [1, 2, 3]
+    finally:
+        hub.close()
+
+
+def test_the_hubs_descriptor_never_blocks_a_reader() -> None:
+    # Another reader may take the events between the readiness and the read.
+    hub = watch.Hub()
+    try:
+        assert os.get_blocking(hub.fileno()) is False
+        hub.dispatch()  # nothing to read: returns
+    finally:
+        hub.close()
+
+
+def test_no_inotify_at_all_is_an_os_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch, "INotify", None)
+    with pytest.raises(OSError, match=r"^inotify is not available$"):
+        watch.Hub()
+
+
+def test_disarming_a_ticket_on_a_missing_ledger_removes_both_watches(tmp_path: Path) -> None:
+    # The ledger is missing: a second watch, on its directory's parent, goes with the ticket.
+    hub = watch.Hub()
+    path = AttemptLedger(tmp_path, "run", "node").path
+    path.parent.mkdir()
+    try:
+        ticket = hub.arm(path, lambda: None)
+        assert ticket is not None
+        assert ticket.extra is not None
+        assert len(hub.tickets) == 2
+        hub.disarm(ticket)
+        assert hub.tickets == {}
+    finally:
+        hub.close()
+
+
+def _finish(wait: Any) -> None:
+    """Run a blocking :meth:`Waiter.wait` coroutine (it never suspends) to its end."""
+    with pytest.raises(StopIteration):
+        wait.send(None)
+
+
+class _Woken:
+    """A waiter's wake-up event that answers ``wait`` from a script, recording the timeouts."""
+
+    def __init__(self, *answers: bool, then: Callable[[], None] = lambda: None) -> None:
+        self.answers, self.then = list(answers), then
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        assert self.answers, "waited on past the script"
+        answer = self.answers.pop(0)
+        if not self.answers:
+            self.then()
+        return answer
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stopped_at_last", [False, True])
+def test_an_armed_blocking_wait_with_a_stop_looks_at_it_between_slices(
+    root: Path, stopped_at_last: bool
+) -> None:
+    stop = threading.Event()
+    waiter = watch.Waiter(time.sleep, stop, AttemptLedger(root, "run", "node").path)
+    waiter.arm()
+    try:
+        assert waiter._ticket is not None
+        # Woken at the third slice, or stopped after the second.
+        answers = (False, False) if stopped_at_last else (False, False, True)
+        woken = _Woken(*answers, then=stop.set if stopped_at_last else lambda: None)
+        waiter._woken = woken
+        _finish(waiter.wait(HOUR))
+        assert woken.timeouts == [watch._STOP_SLICE] * len(answers)
+    finally:
+        waiter.disarm()
+
+
+def test_an_armed_blocking_wait_with_a_stop_ends_at_its_deadline(root: Path) -> None:
+    # Neither woken nor stopped: it returns when its seconds have passed.
+    stop = threading.Event()
+    waiter = watch.Waiter(time.sleep, stop, AttemptLedger(root, "run", "node").path)
+    waiter.arm()
+    done = threading.Event()
+
+    def wait() -> None:
+        _finish(waiter.wait(0.001))
+        done.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    try:
+        assert waiter._ticket is not None
+        thread.start()
+        assert done.wait(30), "the wait outlived its deadline"
+    finally:
+        stop.set()
+        thread.join(30)
+        waiter.disarm()
+
+
+def test_an_unarmed_blocking_wait_with_a_stop_ends_at_its_deadline() -> None:
+    # No watch (polling): ``stop.wait(seconds)``, which setting ``stop`` cuts short.
+    stop = threading.Event()
+    waiter = watch.Waiter(time.sleep, stop)
+    waiter.arm()
+    assert waiter._ticket is None
+    done = threading.Event()
+
+    def wait() -> None:
+        _finish(waiter.wait(0.001))
+        done.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    try:
+        assert done.wait(30), "the wait outlived its deadline"
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_an_async_wait_ends_when_stop_is_set_mid_wait() -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        waiter = watch.AsyncWaiter(stop)
+        task = asyncio.create_task(waiter.wait(HOUR))
+        await asyncio.sleep(0)  # the task runs up to its wait
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
+
+
+def test_an_async_wait_with_a_sleep_of_its_own_sleeps_the_seconds_asked() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    asyncio.run(watch.AsyncWaiter(None, sleep=sleep).wait(1.5))
+    assert slept == [1.5]
