@@ -353,3 +353,17 @@ def test_a_piece_found_hopeless_stays_so_until_the_newline(tmp_path: Path) -> No
         assert list(iter_lines(fd, 0, 3)) == [(None, len(data))]
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("tail", [b'{"seq":2}x', b'{"seq":2}}', b'{"seq":2}"'])
+def test_a_torn_fragment_is_judged_whole_to_its_last_byte(tmp_path: Path, tail: bytes) -> None:
+    # A valid line with a stray byte after it (no newline) is not valid: the last seq is the
+    # line before, however the fragment would read without its last byte.
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(b'{"seq":1}\n' + tail)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert tail_state(fd, os.fstat(fd).st_size) == (1, True, None)
+    finally:
+        os.close(fd)
+    assert read_last_seq(path) == 1
