@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import attempt_ledger.aio as aio
 from attempt_ledger import (
     AttemptLedger,
     InvalidEvent,
@@ -303,3 +304,178 @@ async def test_a_hash_chained_async_ledger_writes_schema_2(root: Path) -> None:
         await ledger.append(1, "s", [ReceiptEvent("c")])  # continues the chain
     result = verify_receipt_ledger(ledger.path)
     assert (result.valid, result.hashed_record_count) == (True, 3)
+
+
+class _VirtualTime:
+    """``asyncio`` as aio.py sees it, on a clock that only its sleeps advance (each recorded):
+    the retry schedule of a busy lock, without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> _VirtualTime:
+        return self  # as the loop: its time()
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)
+
+
+def _busy_lock(monkeypatch: pytest.MonkeyPatch, times: int) -> tuple[list[int], _VirtualTime]:
+    """The lock is found held by the first ``times`` tries, then free: the count of tries, and
+    the virtual clock the waits run on."""
+    clock = _VirtualTime()
+    monkeypatch.setattr(aio, "asyncio", clock)
+    tries = [0]
+    real = AttemptLedger._try_append
+
+    def try_append(self: AttemptLedger, *args: Any) -> Any:
+        tries[0] += 1
+        assert tries[0] <= 100, "tried again and again without waiting"
+        return None if tries[0] <= times else real(self, *args)
+
+    monkeypatch.setattr(AttemptLedger, "_try_append", try_append)
+    return tries, clock
+
+
+@pytest.mark.asyncio
+async def test_a_busy_lock_is_tried_again_backing_off_from_50us_to_5ms(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries, clock = _busy_lock(monkeypatch, 10)
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    assert (await ledger.append(1, "s", EV)).seq == 1
+    assert tries == [11]
+    expected = [50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 5e-3, 5e-3, 5e-3]
+    assert clock.sleeps == pytest.approx(expected)
+
+
+@pytest.mark.asyncio
+async def test_a_lock_timeout_cuts_the_last_wait_to_the_time_left(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries, clock = _busy_lock(monkeypatch, 100)
+    ledger = AsyncAttemptLedger(root, "run", "node", lock_timeout=1e-3)
+    with pytest.raises(LockTimeout) as raised:
+        await ledger.append(1, "s", EV)
+    assert raised.value.timeout == 1e-3
+    assert raised.value.path == ledger.ledger.lock_path
+    # 50 + 100 + 200 + 400 µs, then what is left of the millisecond instead of 800 µs.
+    assert clock.sleeps == pytest.approx([50e-6, 100e-6, 200e-6, 400e-6, 250e-6])
+    assert tries == [6]
+    assert not ledger.path.exists()
+
+
+@pytest.mark.asyncio
+async def test_a_lock_timeout_of_zero_tries_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clock stands still: the deadline is reached at the first look, never passed.
+    tries, clock = _busy_lock(monkeypatch, 100)
+    ledger = AsyncAttemptLedger(root, "run", "node", lock_timeout=0)
+    with pytest.raises(LockTimeout) as raised:
+        await ledger.append(1, "s", EV)
+    assert raised.value.timeout == 0
+    assert "within 0 s" in str(raised.value)
+    assert (tries, clock.sleeps) == ([1], [])
+
+
+@pytest.mark.asyncio
+async def test_a_lock_freed_before_the_lock_timeout_is_taken(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries, clock = _busy_lock(monkeypatch, 3)
+    ledger = AsyncAttemptLedger(root, "run", "node", lock_timeout=60)
+    assert (await ledger.append(1, "s", EV)).seq == 1
+    assert (tries, len(clock.sleeps)) == ([4], 3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True])
+async def test_expected_last_seq_is_checked_by_every_kind_of_append(
+    root: Path, durable: bool
+) -> None:
+    # Inline, in the durable append's thread, and for an empty batch (which writes nothing).
+    ledger = AsyncAttemptLedger(root, "run", "node", durable=durable)
+    await ledger.append(1, "s", EV)
+    for events in (EV, []):
+        with pytest.raises(SeqConflict) as raised:
+            await ledger.append(1, "s", events, expected_last_seq=5)
+        assert (raised.value.path, raised.value.expected, raised.value.actual) == (
+            ledger.path,
+            5,
+            1,
+        )
+    assert (await ledger.append(1, "s", [], expected_last_seq=1)).seq == 1
+    assert (await ledger.append(1, "s", EV, expected_last_seq=1)).seq == 2
+    await ledger.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_default_poll_intervals_are_the_blocking_ledgers(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 ms for reconcile, 50 ms for follow, as AttemptLedger's.
+    seen: dict[str, object] = {}
+    real_reconcile, real_follow = aio.areconcile, aio.afollow_with
+
+    async def areconcile(*args: Any) -> Any:
+        seen["reconcile"] = args[3]
+        return await real_reconcile(*args)
+
+    def afollow_with(*args: Any, **kwargs: Any) -> Any:
+        seen["follow"] = kwargs["poll_interval"]
+        return real_follow(*args, **kwargs)
+
+    monkeypatch.setattr(aio, "areconcile", areconcile)
+    monkeypatch.setattr(aio, "afollow_with", afollow_with)
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    await ledger.append(1, "s", EV)
+    assert (await ledger.reconcile(1, 0)).found
+    assert [record.seq async for record in ledger.follow(timeout=0)] == [1]
+    assert seen == {"reconcile": 10, "follow": 0.05}
+
+
+@pytest.mark.asyncio
+async def test_reconcile_is_woken_by_an_append(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An hour-long poll interval: only the loop's inotify watch on the ledger can end it in time.
+    from attempt_ledger import _watch
+
+    if _watch.INotify is None:
+        pytest.skip("inotify is Linux's")
+    armed = asyncio.Event()
+    real = _watch.Hub.arm
+
+    def arm(self: _watch.Hub, path: Path, wake: Any) -> Any:
+        ticket = real(self, path, wake)
+        armed.set()  # before the read it wakes up for
+        return ticket
+
+    monkeypatch.setattr(_watch.Hub, "arm", arm)
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    task = asyncio.create_task(ledger.reconcile(1, 60_000, 3_600_000))
+    await asyncio.wait_for(armed.wait(), 30)
+    await ledger.append(1, "s", EV)
+    summary = await asyncio.wait_for(task, 30)
+    assert (summary.found, summary.last_seq) == (True, 1)
+
+
+@pytest.mark.asyncio
+async def test_reading_lets_the_loop_run_between_chunks_without_waiting(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    AttemptLedger(root, "run", "node").append(1, "s", EV * 3)
+    clock = _VirtualTime()
+    monkeypatch.setattr(aio, "asyncio", clock)
+    ledger = AsyncAttemptLedger(root, "run", "node")
+    assert [r.seq for r in await ledger.records()] == [1, 2, 3]
+    assert [r.seq async for r in ledger.follow(1, timeout=0)] == [2, 3]
+    assert set(clock.sleeps) == {0}  # and there were some

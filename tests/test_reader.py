@@ -5,6 +5,7 @@ import os
 import re
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -353,3 +354,50 @@ def test_a_piece_found_hopeless_stays_so_until_the_newline(tmp_path: Path) -> No
         assert list(iter_lines(fd, 0, 3)) == [(None, len(data))]
     finally:
         os.close(fd)
+
+
+def _tail_state_of(tmp_path: Path, data: bytes, end: int | None = None, block: int = 4096) -> Any:
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return tail_state(fd, len(data) if end is None else end, block)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+@pytest.mark.parametrize("tail", [b'{"seq":2}x', b'{"seq":2}}', b'{"seq":2}"'])
+def test_the_last_line_is_judged_whole_to_its_last_byte(
+    tmp_path: Path, tail: bytes, sealed: bool
+) -> None:
+    # A valid line with a stray byte after it is not valid: the last seq is the line before,
+    # however the line would read without its last byte.
+    data = b'{"seq":1}\n' + tail + b"\n" * sealed
+    assert _tail_state_of(tmp_path, data) == (1, not sealed, None)
+    assert read_last_seq(tmp_path / "ledger.jsonl") == 1
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+@pytest.mark.parametrize("head", [b"", b'{"seq":1}\n'])
+def test_lines_that_parse_only_joined_across_a_newline_are_not_a_line(
+    tmp_path: Path, head: bytes, sealed: bool
+) -> None:
+    data = head + b'{"a":1,\n"seq":7}' + b"\n" * sealed
+    assert _tail_state_of(tmp_path, data) == (1 if head else 0, not sealed, None)
+
+
+def test_the_last_line_is_judged_whole_to_its_first_byte(tmp_path: Path) -> None:
+    # The block holds all of the line but its first byte.
+    data = b'x{"seq":5}\n'
+    assert _tail_state_of(tmp_path, data, block=len(data) - 1) == (0, False, None)
+
+
+@pytest.mark.parametrize("byte", [b"x", b"}", b"\n"])
+def test_a_one_byte_file_is_torn_unless_it_is_a_newline(tmp_path: Path, byte: bytes) -> None:
+    assert _tail_state_of(tmp_path, byte) == (0, byte != b"\n", None)
+
+
+def test_tail_state_reads_only_up_to_the_end_given(tmp_path: Path) -> None:
+    data = b'{"seq":1}\n{"seq":2}\n{"seq":3}\n'
+    assert _tail_state_of(tmp_path, data, end=20, block=8) == (2, False, None)
