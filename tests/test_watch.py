@@ -25,6 +25,8 @@ import attempt_ledger._watch as watch
 from attempt_ledger import AttemptLedger, ReceiptEvent, reconcile_receipts
 from attempt_ledger.aio import AsyncAttemptLedger
 
+from .test_reconcile import FakeClock
+
 pytestmark = pytest.mark.skipif(watch.INotify is None, reason="inotify is Linux's")
 
 EV = [ReceiptEvent("e")]
@@ -235,7 +237,11 @@ def test_no_inotify_instance_falls_back_to_polling(
     monkeypatch.setattr(watch, "INotify", refuse)
     ledger = AttemptLedger(root, "run", "node")
     ledger.append(1, "s", EV)
-    assert ledger.reconcile(2, 5, 1).attempts >= 2  # polled to its deadline
+    clock = FakeClock()  # the deadline is reached by polling, not by how loaded the machine is
+    summary = ledger.reconcile(2, 5, 1, clock=clock, sleep=clock.sleep)
+    assert not summary.found
+    assert clock.sleeps  # it polled, with the interval given
+    assert all(s == pytest.approx(0.001) for s in clock.sleeps)
     assert watch.process_hub() is None
 
     async def follow() -> list[int]:
