@@ -536,3 +536,62 @@ def test_an_event_type_that_cannot_be_encoded_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="UTF-8"):
             encode_tail("\ud800", None)
+
+
+# Tests asked for by the mutation run of the hot path's shortcuts (CONTRIBUTING.md).
+
+
+def test_a_repeated_event_type_is_taken_from_the_cache_not_quoted_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    monkeypatch.setattr(codec_module, "_event_types", {})
+    assert encode_tail(" cached\t", 1) == b'"cached","payload":1}\n'
+    assert codec_module._event_types == {" cached\t": b'"cached"'}
+
+    def quote(text: str) -> str:
+        raise AssertionError(f"quoted {text!r} again")
+
+    monkeypatch.setattr(codec_module, "_quote", quote)
+    assert encode_tail(" cached\t", 2) == b'"cached","payload":2}\n'
+
+
+def test_a_payload_the_c_encoder_writes_as_the_reference_does_skips_the_slow_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    def slow(payload: object) -> str:
+        raise AssertionError("the slow writer ran")
+
+    monkeypatch.setattr(codec_module, "dump_json", slow)
+    assert encode_payload({"b": [1, 2.5, "é"], "a": None}) == '{"a":null,"b":[1,2.5,"é"]}'
+
+
+@pytest.mark.parametrize("attributes", [{"event_type": "a"}, {"payload": 1}])
+def test_encode_batch_names_an_event_missing_either_attribute(
+    tmp_path: Path, attributes: dict[str, object]
+) -> None:
+    from types import SimpleNamespace
+
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import encode_batch
+
+    events = [ReceiptEvent("a"), SimpleNamespace(**attributes)]
+    with pytest.raises(InvalidEvent) as info:
+        encode_batch(tmp_path, "r", "n", 1, "s", events)  # type: ignore[arg-type]
+    assert info.value.index == 1
+    assert "expected a ReceiptEvent, got SimpleNamespace" in str(info.value)
+
+
+def test_an_empty_append_that_expected_another_last_seq_names_both(tmp_path: Path) -> None:
+    from attempt_ledger import SeqConflict
+    from attempt_ledger._codec import empty_append
+
+    with pytest.raises(SeqConflict) as info:
+        empty_append(tmp_path, 3, 5)
+    assert (info.value.path, info.value.expected, info.value.actual) == (tmp_path, 5, 3)
+    assert "expected last seq 5, found 3" in str(info.value)
+    summary = empty_append(tmp_path, 3, 3)
+    assert (summary.path, summary.seq, summary.record_count) == (tmp_path, 3, 0)
