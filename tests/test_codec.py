@@ -595,3 +595,26 @@ def test_an_empty_append_that_expected_another_last_seq_names_both(tmp_path: Pat
     assert "expected last seq 5, found 3" in str(info.value)
     summary = empty_append(tmp_path, 3, 3)
     assert (summary.path, summary.seq, summary.record_count) == (tmp_path, 3, 0)
+
+
+def test_a_nested_payload_of_builtin_types_is_written_by_orjson(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    def reference(payload: object) -> str:
+        raise AssertionError("the reference encoder ran")
+
+    monkeypatch.setattr(codec_module, "_dump_text", reference)
+    assert encode_tail("e", {"b": [1, {"c": 2.5}], "a": "x"}) == (
+        b'"e","payload":{"a":"x","b":[1,{"c":2.5}]}}\n'
+    )
+
+
+def test_a_payload_too_deep_is_refused_with_the_whole_reason() -> None:
+    reason = (
+        f"^payload nests more than {MAX_PAYLOAD_DEPTH} containers \\(or is circular\\); "
+        "the upstream reader could not read it$"
+    )
+    with pytest.raises(ValueError, match=reason):
+        encode_tail("e", _nested(MAX_PAYLOAD_DEPTH + 1))
