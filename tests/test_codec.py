@@ -618,3 +618,32 @@ def test_a_payload_too_deep_is_refused_with_the_whole_reason() -> None:
     )
     with pytest.raises(ValueError, match=reason):
         encode_tail("e", _nested(MAX_PAYLOAD_DEPTH + 1))
+
+
+def test_a_payload_of_a_type_json_lacks_names_the_type() -> None:
+    for payload, kind in (({"a": {1, 2}}, "set"), ([b"x"], "bytes")):
+        with pytest.raises(ValueError, match=f"^payload holds a {kind}, which is not JSON$"):
+            encode_tail("e", payload)
+
+
+def test_a_batch_given_as_a_list_is_encoded_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attempt_ledger._codec as codec_module
+    from attempt_ledger._codec import encode_batch
+
+    class CopyRefused(type):
+        # Stands for `list` in the module: still the type a list is an instance of, but
+        # calling it (copying) fails.
+        def __instancecheck__(cls, value: object) -> bool:
+            return isinstance(value, list)
+
+        def __call__(cls, *args: object) -> object:
+            raise AssertionError("copied")
+
+    class NoCopy(metaclass=CopyRefused):
+        pass
+
+    monkeypatch.setattr(codec_module, "list", NoCopy, raising=False)
+    batch = encode_batch(tmp_path, "r", "n", 1, "s", [ReceiptEvent("a"), ReceiptEvent("b", 2)])
+    assert batch.tails == [b'"a","payload":null}\n', b'"b","payload":2}\n']
