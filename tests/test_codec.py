@@ -647,3 +647,21 @@ def test_a_batch_given_as_a_list_is_encoded_without_a_copy(
     monkeypatch.setattr(codec_module, "list", NoCopy, raising=False)
     batch = encode_batch(tmp_path, "r", "n", 1, "s", [ReceiptEvent("a"), ReceiptEvent("b", 2)])
     assert batch.tails == [b'"a","payload":null}\n', b'"b","payload":2}\n']
+
+
+def test_check_ids_of_subclasses_takes_the_same_attempt_range() -> None:
+    # Subclasses miss the fast path's test: the checks after it must draw the same edges.
+    from attempt_ledger._codec import check_ids
+
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    for attempt in (0, 2**32 - 1):
+        check_ids(Text("r"), "n", attempt, "s")  # does not raise
+        check_ids("r", "n", Number(attempt), "s")
+    for attempt in (-1, 2**32):
+        with pytest.raises(ValueError, match=f"^attempt {attempt} is outside 0..4294967295$"):
+            check_ids(Text("r"), "n", attempt, "s")
