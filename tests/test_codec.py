@@ -665,3 +665,10 @@ def test_check_ids_of_subclasses_takes_the_same_attempt_range() -> None:
     for attempt in (-1, 2**32):
         with pytest.raises(ValueError, match=f"^attempt {attempt} is outside 0..4294967295$"):
             check_ids(Text("r"), "n", attempt, "s")
+
+
+@pytest.mark.parametrize("payload", [{"a": [math.nan]}, {"k": 1, "a": {"b": -math.inf}}])
+def test_a_payload_holding_nan_below_its_top_level_is_refused(payload: object) -> None:
+    # Not flat: the shortcut must leave it to the general path, which finds the NaN.
+    with pytest.raises(ValueError, match="payload is not JSON"):
+        encode_tail("e", payload)
