@@ -698,3 +698,44 @@ def test_the_lock_is_filelocks_lock(tmp_path: Path) -> None:
             FileLock(tmp_path / "x.lock").acquire(timeout=0)
     finally:
         lock.release()
+
+
+def test_the_mutex_held_through_its_context_manager_refuses_reentry(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    with lock.mutex:
+        with pytest.raises(LockReentered):
+            lock.acquire()
+        with pytest.raises(LockReentered), lock.mutex:
+            pass
+    lock.acquire(timeout=0)  # nothing stays held
+    lock.release()
+
+
+def test_without_fcntl_the_lock_goes_through_filelocks_descriptor_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The platform without fcntl (Windows) locks through filelock's lock_descriptor, which
+    # POSIX has too: the branches run here with fcntl hidden.
+    monkeypatch.setattr(_locking, "fcntl", None)
+    holder = FileLock(tmp_path / "x.lock")
+    holder.acquire()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the holder lets go at the third poll
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            holder.release()
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, sleep=sleep)
+    with pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)  # one try, refused: no wait
+    assert sleeps == []
+    lock.acquire()  # for ever: polls, with the backoff, until the holder lets go
+    try:
+        assert sleeps == pytest.approx([50e-6, 100e-6, 200e-6])
+        with pytest.raises(Timeout):
+            FileLock(tmp_path / "x.lock").acquire(timeout=0)
+    finally:
+        lock.release()
+    with FileLock(tmp_path / "x.lock").acquire(timeout=0):  # released
+        pass
