@@ -739,3 +739,46 @@ def test_without_fcntl_the_lock_goes_through_filelocks_descriptor_functions(
         lock.release()
     with FileLock(tmp_path / "x.lock").acquire(timeout=0):  # released
         pass
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_file_where_the_lock_files_directory_should_be_asks_for_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writable: bool
+) -> None:
+    # ENOTDIR, like ENOENT, goes to make_parent (which names the directory it cannot make),
+    # through the read-write open and through the read-only one alike.
+    if not writable:
+        real = _locking.open_regular
+
+        def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real(path, flags, action, **kwargs)
+
+        monkeypatch.setattr(_locking, "open_regular", open_regular)
+    (tmp_path / "file").write_bytes(b"")
+    made: list[int] = []
+    lock = SidecarLock(tmp_path / "file" / "x.lock", make_parent=lambda: made.append(1))
+    with pytest.raises(LedgerIOError) as info:
+        lock.acquire()
+    assert made == [1]
+    assert info.value.errno == errno.ENOTDIR
+    assert "cannot open the lock file" in str(info.value)
+
+
+def test_a_lock_file_opened_read_only_that_cannot_be_opened_names_the_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _locking.open_regular
+
+    def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, action, **kwargs)
+
+    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    path = tmp_path / ("x" * 300)  # longer than a file name may be: ENAMETOOLONG
+    with pytest.raises(LedgerIOError) as info:
+        SidecarLock(path, make_parent=lambda: None).acquire()
+    assert info.value.path == path
+    assert "cannot open the lock file" in str(info.value)
