@@ -536,3 +536,139 @@ def test_an_event_type_that_cannot_be_encoded_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(ValueError, match="UTF-8"):
             encode_tail("\ud800", None)
+
+
+# Tests asked for by the mutation run of the hot path's shortcuts (CONTRIBUTING.md).
+
+
+def test_a_repeated_event_type_is_taken_from_the_cache_not_quoted_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    monkeypatch.setattr(codec_module, "_event_types", {})
+    assert encode_tail(" cached\t", 1) == b'"cached","payload":1}\n'
+    assert codec_module._event_types == {" cached\t": b'"cached"'}
+
+    def quote(text: str) -> str:
+        raise AssertionError(f"quoted {text!r} again")
+
+    monkeypatch.setattr(codec_module, "_quote", quote)
+    assert encode_tail(" cached\t", 2) == b'"cached","payload":2}\n'
+
+
+def test_a_payload_the_c_encoder_writes_as_the_reference_does_skips_the_slow_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    def slow(payload: object) -> str:
+        raise AssertionError("the slow writer ran")
+
+    monkeypatch.setattr(codec_module, "dump_json", slow)
+    assert encode_payload({"b": [1, 2.5, "é"], "a": None}) == '{"a":null,"b":[1,2.5,"é"]}'
+
+
+@pytest.mark.parametrize("attributes", [{"event_type": "a"}, {"payload": 1}])
+def test_encode_batch_names_an_event_missing_either_attribute(
+    tmp_path: Path, attributes: dict[str, object]
+) -> None:
+    from types import SimpleNamespace
+
+    from attempt_ledger import InvalidEvent
+    from attempt_ledger._codec import encode_batch
+
+    events = [ReceiptEvent("a"), SimpleNamespace(**attributes)]
+    with pytest.raises(InvalidEvent) as info:
+        encode_batch(tmp_path, "r", "n", 1, "s", events)  # type: ignore[arg-type]
+    assert info.value.index == 1
+    assert "expected a ReceiptEvent, got SimpleNamespace" in str(info.value)
+
+
+def test_an_empty_append_that_expected_another_last_seq_names_both(tmp_path: Path) -> None:
+    from attempt_ledger import SeqConflict
+    from attempt_ledger._codec import empty_append
+
+    with pytest.raises(SeqConflict) as info:
+        empty_append(tmp_path, 3, 5)
+    assert (info.value.path, info.value.expected, info.value.actual) == (tmp_path, 5, 3)
+    assert "expected last seq 5, found 3" in str(info.value)
+    summary = empty_append(tmp_path, 3, 3)
+    assert (summary.path, summary.seq, summary.record_count) == (tmp_path, 3, 0)
+
+
+def test_a_nested_payload_of_builtin_types_is_written_by_orjson(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import attempt_ledger._codec as codec_module
+
+    def reference(payload: object) -> str:
+        raise AssertionError("the reference encoder ran")
+
+    monkeypatch.setattr(codec_module, "_dump_text", reference)
+    assert encode_tail("e", {"b": [1, {"c": 2.5}], "a": "x"}) == (
+        b'"e","payload":{"a":"x","b":[1,{"c":2.5}]}}\n'
+    )
+
+
+def test_a_payload_too_deep_is_refused_with_the_whole_reason() -> None:
+    reason = (
+        f"^payload nests more than {MAX_PAYLOAD_DEPTH} containers \\(or is circular\\); "
+        "the upstream reader could not read it$"
+    )
+    with pytest.raises(ValueError, match=reason):
+        encode_tail("e", _nested(MAX_PAYLOAD_DEPTH + 1))
+
+
+def test_a_payload_of_a_type_json_lacks_names_the_type() -> None:
+    for payload, kind in (({"a": {1, 2}}, "set"), ([b"x"], "bytes")):
+        with pytest.raises(ValueError, match=f"^payload holds a {kind}, which is not JSON$"):
+            encode_tail("e", payload)
+
+
+def test_a_batch_given_as_a_list_is_encoded_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attempt_ledger._codec as codec_module
+    from attempt_ledger._codec import encode_batch
+
+    class CopyRefused(type):
+        # Stands for `list` in the module: still the type a list is an instance of, but
+        # calling it (copying) fails.
+        def __instancecheck__(cls, value: object) -> bool:
+            return isinstance(value, list)
+
+        def __call__(cls, *args: object) -> object:
+            raise AssertionError("copied")
+
+    class NoCopy(metaclass=CopyRefused):
+        pass
+
+    monkeypatch.setattr(codec_module, "list", NoCopy, raising=False)
+    batch = encode_batch(tmp_path, "r", "n", 1, "s", [ReceiptEvent("a"), ReceiptEvent("b", 2)])
+    assert batch.tails == [b'"a","payload":null}\n', b'"b","payload":2}\n']
+
+
+def test_check_ids_of_subclasses_takes_the_same_attempt_range() -> None:
+    # Subclasses miss the fast path's test: the checks after it must draw the same edges.
+    from attempt_ledger._codec import check_ids
+
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    for attempt in (0, 2**32 - 1):
+        check_ids(Text("r"), "n", attempt, "s")  # does not raise
+        check_ids("r", "n", Number(attempt), "s")
+    for attempt in (-1, 2**32):
+        with pytest.raises(ValueError, match=f"^attempt {attempt} is outside 0..4294967295$"):
+            check_ids(Text("r"), "n", attempt, "s")
+
+
+@pytest.mark.parametrize("payload", [{"a": [math.nan]}, {"k": 1, "a": {"b": -math.inf}}])
+def test_a_payload_holding_nan_below_its_top_level_is_refused(payload: object) -> None:
+    # Not flat: the shortcut must leave it to the general path, which finds the NaN.
+    with pytest.raises(ValueError, match="payload is not JSON"):
+        encode_tail("e", payload)

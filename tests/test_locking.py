@@ -698,3 +698,87 @@ def test_the_lock_is_filelocks_lock(tmp_path: Path) -> None:
             FileLock(tmp_path / "x.lock").acquire(timeout=0)
     finally:
         lock.release()
+
+
+def test_the_mutex_held_through_its_context_manager_refuses_reentry(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    with lock.mutex:
+        with pytest.raises(LockReentered):
+            lock.acquire()
+        with pytest.raises(LockReentered), lock.mutex:
+            pass
+    lock.acquire(timeout=0)  # nothing stays held
+    lock.release()
+
+
+def test_without_fcntl_the_lock_goes_through_filelocks_descriptor_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The platform without fcntl (Windows) locks through filelock's lock_descriptor, which
+    # POSIX has too: the branches run here with fcntl hidden.
+    monkeypatch.setattr(_locking, "fcntl", None)
+    holder = FileLock(tmp_path / "x.lock")
+    holder.acquire()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the holder lets go at the third poll
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            holder.release()
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, sleep=sleep)
+    with pytest.raises(LockTimeout):
+        lock.acquire(timeout=0)  # one try, refused: no wait
+    assert sleeps == []
+    lock.acquire()  # for ever: polls, with the backoff, until the holder lets go
+    try:
+        assert sleeps == pytest.approx([50e-6, 100e-6, 200e-6])
+        with pytest.raises(Timeout):
+            FileLock(tmp_path / "x.lock").acquire(timeout=0)
+    finally:
+        lock.release()
+    with FileLock(tmp_path / "x.lock").acquire(timeout=0):  # released
+        pass
+
+
+@pytest.mark.parametrize("writable", [True, False])
+def test_a_file_where_the_lock_files_directory_should_be_asks_for_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writable: bool
+) -> None:
+    # ENOTDIR, like ENOENT, goes to make_parent (which names the directory it cannot make),
+    # through the read-write open and through the read-only one alike.
+    if not writable:
+        real = _locking.open_regular
+
+        def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real(path, flags, action, **kwargs)
+
+        monkeypatch.setattr(_locking, "open_regular", open_regular)
+    (tmp_path / "file").write_bytes(b"")
+    made: list[int] = []
+    lock = SidecarLock(tmp_path / "file" / "x.lock", make_parent=lambda: made.append(1))
+    with pytest.raises(LedgerIOError) as info:
+        lock.acquire()
+    assert made == [1]
+    assert info.value.errno == errno.ENOTDIR
+    assert "cannot open the lock file" in str(info.value)
+
+
+def test_a_lock_file_opened_read_only_that_cannot_be_opened_names_the_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _locking.open_regular
+
+    def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, action, **kwargs)
+
+    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    path = tmp_path / ("x" * 300)  # longer than a file name may be: ENAMETOOLONG
+    with pytest.raises(LedgerIOError) as info:
+        SidecarLock(path, make_parent=lambda: None).acquire()
+    assert info.value.path == path
+    assert "cannot open the lock file" in str(info.value)
