@@ -237,12 +237,8 @@ def test_a_failed_fsync_after_others_appended_says_what_is_known(
     other.close()
 
 
-def test_a_failed_fsync_of_the_last_append_takes_it_back(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ledger = AttemptLedger(root, "r", "n", durable=True)
-    ledger.append(1, "s", EV)
-    before = ledger.path.read_bytes()
+def failing_ledger_fsync(ledger: AttemptLedger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every fsync of ``ledger``'s descriptor fail with EIO; other fsyncs run."""
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -251,6 +247,15 @@ def test_a_failed_fsync_of_the_last_append_takes_it_back(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_failed_fsync_of_the_last_append_takes_it_back(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)
+    before = ledger.path.read_bytes()
+    failing_ledger_fsync(ledger, monkeypatch)
     with pytest.raises(LedgerIOError) as info:
         ledger.append(1, "s", EV * 2)
     assert info.value.errno == errno.EIO

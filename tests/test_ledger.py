@@ -31,6 +31,7 @@ from attempt_ledger import (
 from attempt_ledger._codec import encode_batch
 
 from .strategies import seq_line
+from .test_groupsync import failing_ledger_fsync
 
 EV = [ReceiptEvent("attempt_summary", {"ok": True})]
 
@@ -572,17 +573,6 @@ def test_try_append_never_waits_for_a_held_lock(root: Path) -> None:
     assert ledger.path.read_bytes() == before
 
 
-def _failing_ledger_fsync(ledger: AttemptLedger, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if fd == ledger._handles.fd:
-            raise OSError(errno.EIO, "Input/output error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
 def test_append_locked_takes_back_a_write_whose_fsync_failed(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -590,7 +580,7 @@ def test_append_locked_takes_back_a_write_whose_fsync_failed(
     ledger = AttemptLedger(root, "r", "n", durable=True)
     ledger.append(1, "s", EV)
     before = ledger.path.read_bytes()
-    _failing_ledger_fsync(ledger, monkeypatch)
+    failing_ledger_fsync(ledger, monkeypatch)
     batch = encode_batch(ledger.path, "r", "n", 1, "s", EV)
     ledger._lock.acquire()
     try:
@@ -607,7 +597,7 @@ def test_a_failed_fsync_when_the_size_cannot_be_checked_says_so(
 ) -> None:
     ledger = AttemptLedger(root, "r", "n", durable=True)
     ledger.append(1, "s", EV)
-    _failing_ledger_fsync(ledger, monkeypatch)
+    failing_ledger_fsync(ledger, monkeypatch)
     real_fstat = os.fstat
 
     def fstat(fd: int) -> os.stat_result:
