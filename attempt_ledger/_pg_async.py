@@ -164,7 +164,7 @@ class AsyncPostgresLedger:
             return empty_append(self.path, await self.last_seq(), expected_last_seq)
         count, committing, last_seq = len(batch.tails), False, 0
         ts_ms = time.time_ns() // 1_000_000
-        guess = core._guess(batch, expected_last_seq, ts_ms)
+        guess = core._guess(batch, expected_last_seq)
         try:
             async with self._use() as conn:
                 if guess is not None:  # as PostgresLedger._append: the client's seq first

@@ -37,7 +37,7 @@ class AppendStatements:
         self._next: int | None = None
         self._skip = self._backoff = 0
 
-    def _guess(self, batch: EncodedBatch, expected: int | None, ts_ms: int) -> int | None:
+    def _guess(self, batch: EncodedBatch, expected: int | None) -> int | None:
         """The seq to try APPEND_NEXT with for ``batch``, or ``None`` if not worth a try: a
         batch of several lines, a chain, no seq to guess, or guesses failing of late."""
         if len(batch.tails) != 1 or self._chained:

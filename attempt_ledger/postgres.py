@@ -152,7 +152,7 @@ class PostgresLedger(Connections, AppendStatements):
     def _append(self, batch: EncodedBatch, expected_last_seq: int | None) -> AppendSummary:
         count = len(batch.tails)
         ts_ms = time.time_ns() // 1_000_000
-        guess = self._guess(batch, expected_last_seq, ts_ms)
+        guess = self._guess(batch, expected_last_seq)
         committing, last_seq = False, 0
         try:
             with self._use() as conn:

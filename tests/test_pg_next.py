@@ -96,7 +96,7 @@ def test_guesses_that_keep_failing_are_skipped_for_longer_each_time() -> None:
     batch = encode_batch(Path("x"), "r", "n", 1, "s", EV)
     tried = []
     for _ in range(200):  # every guess refused: another writer is always in between
-        seq = plan._guess(batch, None, 0)
+        seq = plan._guess(batch, None)
         tried.append(seq is not None)
         if seq is not None:
             plan._guessed(None, None)
@@ -104,16 +104,16 @@ def test_guesses_that_keep_failing_are_skipped_for_longer_each_time() -> None:
     assert gaps[:7] == [1, 3, 7, 15, 31, 63, 64]
     assert set(gaps[6:]) == {64}  # capped: a lone writer again is noticed within 65 appends
     plan._guessed(9, None)  # a guess taken: guess every time again
-    assert plan._guess(batch, None, 0) == 10
+    assert plan._guess(batch, None) == 10
     plan._guessed(None, 3)  # the caller's expected seq refused: says nothing of other writers
     assert plan._skip == 0
-    assert plan._guess(batch, None, 0) == 10
-    assert plan._guess(batch, 7, 0) == 8  # an expected seq is tried whatever the skips
+    assert plan._guess(batch, None) == 10
+    assert plan._guess(batch, 7) == 8  # an expected seq is tried whatever the skips
     plan._chained = True
-    assert plan._guess(batch, 7, 0) is None  # a chain: the server hashes
+    assert plan._guess(batch, 7) is None  # a chain: the server hashes
     plan._chained = False
     several = encode_batch(Path("x"), "r", "n", 1, "s", EV * 2)
-    assert plan._guess(several, 7, 0) is None
+    assert plan._guess(several, 7) is None
 
 
 def test_an_expected_seq_is_tried_exactly_and_a_wrong_one_is_a_conflict(
