@@ -130,6 +130,8 @@ class Connections:
         # An operation must be committed when it returns: on an autocommit connection it is;
         # on another one it gets a transaction block of its own.
         # (ACTIVE: another thread's statement; psycopg's lock makes ours wait for it.)
+        if conn.closed:  # said here, before any statement: nothing of the operation was sent
+            raise psycopg.OperationalError("the connection is closed")
         status = conn.pgconn.transaction_status  # conn.info makes an object per call
         if status not in _IN_TRANSACTION:
             return None if conn.autocommit else conn.transaction()

@@ -319,3 +319,32 @@ def test_threads_sharing_a_ledger_and_its_connection_get_exact_seqs(dsn: str, ru
     assert taken == list(range(2, 2 + 30 * 5))
     assert [r.seq for r in ledger.records()] == list(range(1, 2 + 30 * 5))
     ledger.close()
+
+
+def test_a_closed_connection_refuses_the_guess_as_not_committed(dsn: str, run_id: str) -> None:
+    # The guess used to count as sent on a closed connection: "may or may not be committed".
+    conn = psycopg.connect(dsn, autocommit=True)
+    ledger = PostgresLedger(conn, run_id, "n")
+    assert ledger.append(1, "s", EV).seq == 1  # the next one is guessed
+    conn.close()
+    for expected in (None, 1):
+        with pytest.raises(LedgerConnectionError, match="closed") as info:
+            ledger.append(1, "s", EV, expected_last_seq=expected)
+        assert info.value.committed is False
+        assert "was not committed" in str(info.value)
+    with PostgresLedger(dsn, run_id, "n") as other:
+        assert other.last_seq() == 1
+
+
+@pytest.mark.asyncio
+async def test_the_async_ledger_on_a_closed_connection_commits_nothing(
+    dsn: str, run_id: str
+) -> None:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    ledger = AsyncPostgresLedger(conn, run_id, "n")
+    assert (await ledger.append(1, "s", EV)).seq == 1
+    await conn.close()
+    for expected in (None, 1):
+        with pytest.raises(LedgerConnectionError, match="closed") as info:
+            await ledger.append(1, "s", EV, expected_last_seq=expected)
+        assert info.value.committed is False
