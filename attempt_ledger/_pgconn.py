@@ -63,6 +63,12 @@ _EXECUTE = (
 _PREPARED: dict[bytes, weakref.WeakSet[psycopg.Connection[Any]]] = {}
 
 
+def in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn`` is in pipeline mode, where a statement's results come only at the next
+    sync: a row count cannot be read on the spot (nor can a prepared statement be run here)."""
+    return _PIPELINES and bool(conn.pgconn.pipeline_status)
+
+
 class _Operation:
     """Gives ``conn`` for one operation, inside ``transaction`` if there is one (cheaper than
     a generator: it is on every append's path)."""
@@ -179,7 +185,7 @@ class Connections:
             or not conn.autocommit
             or conn.prepare_threshold is None
             or conn.closed
-            or (_PIPELINES and pgconn.pipeline_status)
+            or in_pipeline(conn)
         ):
             return None
         prepared = _PREPARED.get(name)
