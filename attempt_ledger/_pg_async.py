@@ -21,6 +21,7 @@ import psycopg
 from ._codec import check_expected_last_seq, empty_append, encode_batch
 from ._errors import SeqConflict, SeqExhausted
 from ._lines import decode_record
+from ._pgconn import in_pipeline
 from ._pgschema import (
     APPEND_NEXT,
     CHANNEL,
@@ -167,7 +168,8 @@ class AsyncPostgresLedger:
         guess = core._guess(batch, expected_last_seq)
         try:
             async with self._use() as conn:
-                if guess is not None:  # as PostgresLedger._append: the client's seq first
+                # As PostgresLedger._append: the client's seq first (not in pipeline mode).
+                if guess is not None and not in_pipeline(conn):
                     committing = True
                     line = batch.render(guess, ts_ms)[:-1]
                     raw = psycopg.AsyncRawCursor(conn)

@@ -63,6 +63,12 @@ _EXECUTE = (
 _PREPARED: dict[bytes, weakref.WeakSet[psycopg.Connection[Any]]] = {}
 
 
+def in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``conn`` is in pipeline mode, where a statement's results come only at the next
+    sync: a row count cannot be read on the spot (nor can a prepared statement be run here)."""
+    return _PIPELINES and bool(conn.pgconn.pipeline_status)
+
+
 class _Operation:
     """Gives ``conn`` for one operation, inside ``transaction`` if there is one (cheaper than
     a generator: it is on every append's path)."""
@@ -130,6 +136,8 @@ class Connections:
         # An operation must be committed when it returns: on an autocommit connection it is;
         # on another one it gets a transaction block of its own.
         # (ACTIVE: another thread's statement; psycopg's lock makes ours wait for it.)
+        if conn.closed:  # said here, before any statement: nothing of the operation was sent
+            raise psycopg.OperationalError("the connection is closed")
         status = conn.pgconn.transaction_status  # conn.info makes an object per call
         if status not in _IN_TRANSACTION:
             return None if conn.autocommit else conn.transaction()
@@ -177,7 +185,7 @@ class Connections:
             or not conn.autocommit
             or conn.prepare_threshold is None
             or conn.closed
-            or (_PIPELINES and pgconn.pipeline_status)
+            or in_pipeline(conn)
         ):
             return None
         prepared = _PREPARED.get(name)

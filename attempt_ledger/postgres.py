@@ -33,7 +33,7 @@ from ._codec import EncodedBatch, check_expected_last_seq, empty_append, encode_
 from ._errors import SeqConflict, SeqExhausted
 from ._lines import decode_record
 from ._pgappend import AppendStatements
-from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError
+from ._pgconn import Connections, LedgerConnectionError, LedgerDatabaseError, in_pipeline
 from ._pgschema import (
     APPEND_CHAINED,
     APPEND_NEXT,
@@ -158,7 +158,8 @@ class PostgresLedger(Connections, AppendStatements):
             with self._use() as conn:
                 # Single statements only: threads may share this connection, and one's
                 # transaction block would take in the others' statements.
-                if guess is not None:
+                # (In pipeline mode the guess's row count would come too late: no guess.)
+                if guess is not None and not in_pipeline(conn):
                     committing = True
                     taken = self._append_next(conn, batch.render(guess, ts_ms)[:-1], guess)
                     committing = taken

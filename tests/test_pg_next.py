@@ -319,3 +319,61 @@ def test_threads_sharing_a_ledger_and_its_connection_get_exact_seqs(dsn: str, ru
     assert taken == list(range(2, 2 + 30 * 5))
     assert [r.seq for r in ledger.records()] == list(range(1, 2 + 30 * 5))
     ledger.close()
+
+
+def test_a_closed_connection_refuses_the_guess_as_not_committed(dsn: str, run_id: str) -> None:
+    # The guess used to count as sent on a closed connection: "may or may not be committed".
+    conn = psycopg.connect(dsn, autocommit=True)
+    ledger = PostgresLedger(conn, run_id, "n")
+    assert ledger.append(1, "s", EV).seq == 1  # the next one is guessed
+    conn.close()
+    for expected in (None, 1):
+        with pytest.raises(LedgerConnectionError, match="closed") as info:
+            ledger.append(1, "s", EV, expected_last_seq=expected)
+        assert info.value.committed is False
+        assert "was not committed" in str(info.value)
+    with PostgresLedger(dsn, run_id, "n") as other:
+        assert other.last_seq() == 1
+
+
+@pytest.mark.asyncio
+async def test_the_async_ledger_on_a_closed_connection_commits_nothing(
+    dsn: str, run_id: str
+) -> None:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    ledger = AsyncPostgresLedger(conn, run_id, "n")
+    assert (await ledger.append(1, "s", EV)).seq == 1
+    await conn.close()
+    for expected in (None, 1):
+        with pytest.raises(LedgerConnectionError, match="closed") as info:
+            await ledger.append(1, "s", EV, expected_last_seq=expected)
+        assert info.value.committed is False
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_a_connection_in_pipeline_mode_writes_each_append_once(
+    dsn: str, run_id: str, autocommit: bool
+) -> None:
+    # The guess's row count is not known in pipeline mode before a sync: it read as refused,
+    # and the server-numbered fallback wrote the line a second time (or raised SeqConflict).
+    with psycopg.connect(dsn, autocommit=autocommit) as conn:
+        ledger = PostgresLedger(conn, run_id, "n")
+        assert ledger.append(1, "s", EV).seq == 1  # the next one would be guessed
+        with conn.pipeline():
+            assert ledger.append(1, "s", EV).seq == 2
+            assert ledger.append(1, "s", EV, expected_last_seq=2).seq == 3
+        assert ledger.append(1, "s", EV).seq == 4  # and guessed again out of it
+        assert [r.seq for r in ledger.records()] == [1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_the_async_ledger_in_pipeline_mode_writes_each_append_once(
+    dsn: str, run_id: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        ledger = AsyncPostgresLedger(conn, run_id, "n")
+        assert (await ledger.append(1, "s", EV)).seq == 1
+        async with conn.pipeline():
+            assert (await ledger.append(1, "s", EV)).seq == 2
+            assert (await ledger.append(1, "s", EV, expected_last_seq=2)).seq == 3
+        assert [r.seq for r in await ledger.records()] == [1, 2, 3]
