@@ -465,10 +465,9 @@ def test_a_directory_still_missing_after_make_parent_names_the_lock_file(tmp_pat
     assert info.value.errno == errno.ENOENT
 
 
-def test_a_lock_file_we_may_not_write_is_locked_read_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As root no permission is ever denied, so the refusal is simulated for write access.
+def _refuse_read_write_opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    # As for a lock file another user created: only the read-only open is allowed. Returns the
+    # flags of every open, as they come.
     real = _locking.open_regular
     flags_seen: list[int] = []
 
@@ -478,8 +477,16 @@ def test_a_lock_file_we_may_not_write_is_locked_read_only(
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(path, flags, action, **kwargs)
 
-    (tmp_path / "x.lock").write_bytes(b"")
     monkeypatch.setattr(_locking, "open_regular", open_regular)
+    return flags_seen
+
+
+def test_a_lock_file_we_may_not_write_is_locked_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root no permission is ever denied, so the refusal is simulated for write access.
+    (tmp_path / "x.lock").write_bytes(b"")
+    flags_seen = _refuse_read_write_opens(monkeypatch)
     lock = make_lock(tmp_path)
     lock.acquire()
     try:
@@ -491,7 +498,7 @@ def test_a_lock_file_we_may_not_write_is_locked_read_only(
         lock.release()
     monkeypatch.undo()
     (tmp_path / "x.lock").unlink()
-    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    _refuse_read_write_opens(monkeypatch)
     made: list[int] = []
     missing = SidecarLock(tmp_path / "x.lock", make_parent=lambda: made.append(1))
     with pytest.raises(LedgerIOError) as info:  # read-only and missing: named, not created
@@ -748,14 +755,7 @@ def test_a_file_where_the_lock_files_directory_should_be_asks_for_the_directory(
     # ENOTDIR, like ENOENT, goes to make_parent (which names the directory it cannot make),
     # through the read-write open and through the read-only one alike.
     if not writable:
-        real = _locking.open_regular
-
-        def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
-            if flags & os.O_ACCMODE != os.O_RDONLY:
-                raise PermissionError(errno.EACCES, "Permission denied")
-            return real(path, flags, action, **kwargs)
-
-        monkeypatch.setattr(_locking, "open_regular", open_regular)
+        _refuse_read_write_opens(monkeypatch)
     (tmp_path / "file").write_bytes(b"")
     made: list[int] = []
     lock = SidecarLock(tmp_path / "file" / "x.lock", make_parent=lambda: made.append(1))
@@ -769,14 +769,7 @@ def test_a_file_where_the_lock_files_directory_should_be_asks_for_the_directory(
 def test_a_lock_file_opened_read_only_that_cannot_be_opened_names_the_action(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = _locking.open_regular
-
-    def open_regular(path: Path, flags: int, action: str, **kwargs: Any) -> Any:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(path, flags, action, **kwargs)
-
-    monkeypatch.setattr(_locking, "open_regular", open_regular)
+    _refuse_read_write_opens(monkeypatch)
     path = tmp_path / ("x" * 300)  # longer than a file name may be: ENAMETOOLONG
     with pytest.raises(LedgerIOError) as info:
         SidecarLock(path, make_parent=lambda: None).acquire()
