@@ -44,8 +44,8 @@ class AttemptLedger:
     :param run_id: the run's id, stored raw in each receipt; sanitized only for the path.
     :param node_id: the node's id, likewise.
     :param lock_timeout: seconds an append waits for the lock before raising
-        :class:`LockTimeout`; ``None`` (default) waits as long as it takes, blocking in the kernel,
-        and so does ``math.inf`` (or any wait longer than ``threading.TIMEOUT_MAX``).
+        :class:`LockTimeout`; ``None`` (default) waits as long as it takes (naps, then blocking
+        in the kernel), as does ``math.inf`` (or any wait over ``threading.TIMEOUT_MAX``).
     :param durable: fsync the ledger after every append, and its directory when the ledger is
         created, and the parent of every directory an append creates (run directory, root).
         The ledger's fsync runs after the lock is released (group commit): an append returns

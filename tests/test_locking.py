@@ -327,6 +327,115 @@ def test_a_timeout_takes_the_lock_as_soon_as_a_poll_finds_it_free(
         lock.release()
 
 
+class _FlockSpy:
+    """``fcntl`` for the lock module, counting tries and blocking waits; ``on_block`` runs
+    before a blocking ``flock`` goes to the kernel (to let the holder go)."""
+
+    LOCK_EX = fcntl.LOCK_EX
+
+    def __init__(self, on_block: Callable[[], None] = lambda: None) -> None:
+        self.calls: list[str] = []
+        self._on_block = on_block
+
+    def flock(self, fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            self.calls.append("try")
+        elif operation == fcntl.LOCK_EX:
+            self.calls.append("block")
+            self._on_block()
+        fcntl.flock(fd, operation)
+
+
+_NAPS = [50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1600e-6, 3200e-6]
+
+
+class _Holder:
+    """The lock held through a descriptor of its own, as another process would hold it (the
+    waiting thread holds nothing, so nothing is refused as re-entry)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.fd = os.open(tmp_path / "x.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+def test_waiting_for_ever_tries_naps_then_blocks_in_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A waiter asleep in flock costs the holder a wake-up at every release, so the wait starts
+    # with tries and naps; only a lock still held after 6.35 ms of naps is waited for in the
+    # kernel (which wakes the waiter the moment it is free).
+    holder = _Holder(tmp_path)
+    spy = _FlockSpy(on_block=holder.release)
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    fake = _FakeTime()
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    lock.acquire()
+    try:
+        assert fake.sleeps == pytest.approx(_NAPS)
+        # The first try, five more at once, one after each nap, then the blocking wait.
+        assert spy.calls == ["try"] * (1 + 5 + len(_NAPS)) + ["block"]
+        with pytest.raises(LockTimeout):
+            make_lock(tmp_path).acquire(timeout=0)
+    finally:
+        lock.release()
+
+
+@pytest.mark.parametrize("timeout", [None, 10.0])
+def test_a_lock_let_go_during_the_tries_or_the_naps_is_taken_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timeout: float | None
+) -> None:
+    holder = _Holder(tmp_path)
+    spy = _FlockSpy(on_block=lambda: pytest.fail("blocked in the kernel"))
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    fake = _FakeTime(lambda naps: holder.release() if naps == 2 else None)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    lock.acquire(timeout)
+    lock.release()
+    assert fake.sleeps == pytest.approx(_NAPS[:2])
+    assert spy.calls == ["try"] * (1 + 5 + 2)
+    # Let go during the tries: taken before any nap.
+    holder = _Holder(tmp_path)
+    tries = len(spy.calls)
+
+    def flock(fd: int, operation: int) -> None:
+        assert operation != fcntl.LOCK_EX, "blocked in the kernel"
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            spy.calls.append("try")
+            if len(spy.calls) == tries + 3:
+                holder.release()
+        fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(spy, "flock", flock)
+    lock.acquire(timeout)
+    lock.release()
+    assert fake.sleeps == pytest.approx(_NAPS[:2])  # no new nap
+    assert len(spy.calls) == tries + 3  # the third try, made as the holder let go, took it
+
+
+def test_a_zero_timeout_tries_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder = _Holder(tmp_path)
+    spy = _FlockSpy()
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    fake = _FakeTime()
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    for timeout in (0, 0.0):
+        with pytest.raises(LockTimeout) as info:
+            lock.acquire(timeout)
+        assert info.value.timeout == 0
+    holder.release()
+    assert spy.calls == ["try", "try"]
+    assert fake.sleeps == []
+
+
 def test_a_thread_contended_mutex_times_out_naming_path_and_timeout(tmp_path: Path) -> None:
     lock = make_lock(tmp_path)
     lock.acquire()
