@@ -92,7 +92,8 @@ class AttemptLedger:
         object.__setattr__(self, "lock_path", lock_path_for(path))
         object.__setattr__(self, "_path", os.fspath(path))
         make_parent = functools.partial(make_run_dir, path.parent, self._handles)
-        object.__setattr__(self, "_lock", SidecarLock(self.lock_path, make_parent=make_parent))
+        lock = SidecarLock(self.lock_path, make_parent=make_parent, nap=not self.durable)
+        object.__setattr__(self, "_lock", lock)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Descriptors and mutexes do not travel; a spawned worker gets a fresh ledger.
@@ -296,10 +297,8 @@ class AttemptLedger:
 
     def _ledger_fd(self) -> int:
         """The ledger's descriptor, opened (and the file created) if need be. Mutex held."""
-        if self._handles.fd is None:
-            self._handles.open(self.path, durable=self.durable)
-        assert self._handles.fd is not None
-        return self._handles.fd
+        fd = self._handles.fd
+        return fd if fd is not None else self._handles.open(self.path, durable=self.durable)[0]
 
     # -- reading --------------------------------------------------------------------------------
 

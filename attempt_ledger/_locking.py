@@ -76,7 +76,10 @@ class SidecarLock:
     :param path: the lock file; created on first use.
     :param make_parent: called when the lock file's directory is missing, to create it.
     :param clock: monotonic clock used for timeouts.
-    :param sleep: used between polls when a timeout is set.
+    :param sleep: used for naps between tries.
+    :param nap: waiting for ever, nap between tries before blocking in the kernel; ``False``
+        blocks at once after the tries, for holders whose waiters must not come late (durable
+        appends: a waiter that naps misses the fsync that others share).
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class SidecarLock:
         make_parent: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        nap: bool = True,
     ) -> None:
         self.path = path
+        self._naps = _NAPS_BEFORE_BLOCKING if nap else 0
         self._make_parent = make_parent
         self._clock = clock
         self._sleep = sleep
@@ -268,7 +273,7 @@ class SidecarLock:
         delay, naps = _FIRST_POLL, 0
         while True:
             if deadline is None:
-                if naps == _NAPS_BEFORE_BLOCKING and fcntl is not None:
+                if naps == self._naps and fcntl is not None:
                     self._block(fd)
                     return
                 naps += 1

@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 from filelock import FileLock, Timeout
 
-from attempt_ledger import LedgerError, LedgerIOError, LockReentered, LockTimeout, _locking
+from attempt_ledger import (
+    AttemptLedger,
+    LedgerError,
+    LedgerIOError,
+    LockReentered,
+    LockTimeout,
+    ReceiptEvent,
+    _locking,
+)
 from attempt_ledger._locking import SidecarLock, check_timeout
 
 
@@ -353,8 +361,8 @@ class _Holder:
     """The lock held through a descriptor of its own, as another process would hold it (the
     waiting thread holds nothing, so nothing is refused as re-entry)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.fd = os.open(tmp_path / "x.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, directory: Path, name: str = "x.lock") -> None:
+        self.fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
@@ -417,6 +425,23 @@ def test_a_lock_let_go_during_the_tries_or_the_naps_is_taken_without_blocking(
     lock.release()
     assert fake.sleeps == pytest.approx(_NAPS[:2])  # no new nap
     assert len(spy.calls) == tries + 3  # the third try, made as the holder let go, took it
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_durable_ledger_waits_in_the_kernel_without_napping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # A durable append spends its time in the fsync after the lock: a waiter that napped would
+    # come late and miss the fsync the others share, so it blocks after its tries.
+    ledger = AttemptLedger(tmp_path, "run", "node", durable=durable)
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    spy = _FlockSpy(on_block=holder.release)
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+    naps = 0 if durable else len(_NAPS)
+    assert spy.calls == ["try"] * (1 + 5 + naps) + ["block"]
+    ledger.close()
 
 
 def test_a_zero_timeout_tries_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
