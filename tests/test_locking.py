@@ -274,6 +274,7 @@ class _FakeTime:
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        assert len(self.sleeps) < 1000, "polled for ever"
         self.now += seconds
         self._on_sleep(len(self.sleeps))
 
