@@ -196,12 +196,20 @@ def test_tail_last_n(root: Path, seeded: AttemptLedger) -> None:
     assert len(rows) == 11
 
 
+def _interruptible() -> None:
+    # A child started from a shell's background job inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the tests that interrupt `tail -f` must not depend
+    # on how the suite was started (mutmut run in the background hung on them).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_tail_follow_until_interrupted(root: Path, seeded: AttemptLedger) -> None:
     process = subprocess.Popen(
         [*COMMAND, "--root", str(root), "tail", "run/1", "node:a", "-n", "1", "-f", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     try:
         assert process.stdout is not None
@@ -431,6 +439,7 @@ def test_tail_follow_json_prints_the_stored_lines(root: Path, seeded: AttemptLed
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
+        preexec_fn=_interruptible,
     )
     try:
         assert process.stdout is not None
