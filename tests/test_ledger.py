@@ -715,3 +715,19 @@ def test_a_worker_repeating_its_ids_has_them_encoded_once(
     ledger.append(2, "s", EV)
     assert encoded == [(1, "s"), (2, "s")]
     assert [(r.attempt, r.session_id) for r in ledger.records()] == [(1, "s")] * 3 + [(2, "s")] * 2
+
+
+def test_the_ledger_descriptor_is_opened_once(root: Path) -> None:
+    # What copying a database ledger out writes through: opened (the file created) on first
+    # use, then the same descriptor, not one more each call.
+    ledger = AttemptLedger(root, "r", "n")
+    ledger._lock.acquire()  # makes the run directory, as the copy does
+    try:
+        fd = ledger._ledger_fd()
+        assert os.fstat(fd).st_ino == ledger.path.stat().st_ino
+        fds = len(os.listdir("/proc/self/fd"))
+        assert ledger._ledger_fd() == fd
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        ledger._lock.release()
+        ledger.close()
