@@ -147,6 +147,9 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
+            # A signal's handler raising (Ctrl-C) as a flock returns fails the acquire with the
+            # OS lock taken: nobody would release it, and every other process would wait for it.
+            self._unlock()
             self._exit()
             raise
 
@@ -172,17 +175,21 @@ class SidecarLock:
         just as well; raising would report a failed append for records already written.
         """
         try:
-            if self._fd is not None:
-                try:
-                    if fcntl is None:  # pragma: no cover - Windows
-                        unlock_descriptor(self._fd)
-                    else:
-                        fcntl.flock(self._fd, _UNLOCK)
-                except OSError:
-                    self._close()
+            self._unlock()
         finally:
             self._owner = None  # _exit(), inline: every append runs this
             self._mutex.release()
+
+    def _unlock(self) -> None:
+        # Never raises: if the OS refuses, closing the descriptor releases the lock just as well.
+        if self._fd is not None:
+            try:
+                if fcntl is None:  # pragma: no cover - Windows
+                    unlock_descriptor(self._fd)
+                else:
+                    fcntl.flock(self._fd, _UNLOCK)
+            except OSError:
+                self._close()
 
     def __del__(self) -> None:
         if self._fd is not None:

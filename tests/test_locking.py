@@ -6,6 +6,7 @@ import gc
 import math
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -910,3 +911,44 @@ def test_a_lock_file_opened_read_only_that_cannot_be_opened_names_the_action(
         SidecarLock(path, make_parent=lambda: None).acquire()
     assert info.value.path == path
     assert "cannot open the lock file" in str(info.value)
+
+
+# A hostile review of the lock wait (tries, naps, then the kernel).
+
+
+@pytest.mark.parametrize("taken_by", ["try", "block"])
+def test_an_interrupt_as_the_os_lock_is_taken_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_by: str
+) -> None:
+    # Ctrl-C (a handler that raises) runs at the first bytecode after the flock that took the
+    # lock returns: the acquire fails, so its caller never releases; the OS lock must not stay
+    # held by the descriptor the lock keeps open, or every other process waits for ever.
+    holder = _Holder(tmp_path)
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and taken_by == "block":
+            holder.release()
+        fcntl.flock(fd, operation)  # a try refused raises here, before the signal
+        if operation & fcntl.LOCK_EX:
+            signal.raise_signal(signal.SIGUSR1)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    fake = _FakeTime(lambda naps: holder.release() if naps == 2 and taken_by == "try" else None)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    monkeypatch.undo()
+    other = make_lock(tmp_path)
+    other.acquire(timeout=0)  # the OS lock was let go (LockTimeout if not)
+    other.release()
+    lock.acquire(timeout=0)  # and the mutex
+    lock.release()
