@@ -315,6 +315,14 @@ class SidecarLock:
                 raise LockReentered(self.path)
 
 
+def deadline_after(now: float, timeout: float | None) -> float | None:
+    """The deadline of a ``lock_timeout`` that starts ``now``; ``None`` for one that waits as
+    long as it takes: ``None``, or longer than threading's waits allow (``math.inf``, or an
+    ``int`` past any ``float``, which no deadline could hold).
+    """
+    return None if timeout is None or timeout >= _FOREVER else now + timeout
+
+
 class StaleLock(Exception):
     """Raised under the lock when the lock file held is no longer the one at its path."""
 

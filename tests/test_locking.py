@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import gc
@@ -26,6 +27,7 @@ from attempt_ledger import (
     _locking,
 )
 from attempt_ledger._locking import SidecarLock, check_timeout
+from attempt_ledger.aio import AsyncAttemptLedger
 
 
 def make_lock(tmp_path: Path) -> SidecarLock:
@@ -952,3 +954,17 @@ def test_an_interrupt_as_the_os_lock_is_taken_leaves_nothing_held(
     other.release()
     lock.acquire(timeout=0)  # and the mutex
     lock.release()
+
+
+_EDGES = [0, 0.0, 1e-9, 1e9, math.inf, threading.TIMEOUT_MAX, pytest.param(10**400, id="10**400")]
+
+
+@pytest.mark.parametrize("timeout", _EDGES)
+def test_every_edge_timeout_appends_through_the_ledger_and_asyncio(
+    tmp_path: Path, timeout: float
+) -> None:
+    # 10**400 is an int past any float: a deadline computed from it overflows.
+    ledger = AttemptLedger(tmp_path, "run", "node", lock_timeout=timeout)
+    assert ledger.append(1, "s", [ReceiptEvent("a")]).seq == 1
+    aledger = AsyncAttemptLedger(tmp_path, "run", "node", lock_timeout=timeout)
+    assert asyncio.run(aledger.append(1, "s", [ReceiptEvent("b")])).seq == 2
