@@ -968,3 +968,81 @@ def test_every_edge_timeout_appends_through_the_ledger_and_asyncio(
     assert ledger.append(1, "s", [ReceiptEvent("a")]).seq == 1
     aledger = AsyncAttemptLedger(tmp_path, "run", "node", lock_timeout=timeout)
     assert asyncio.run(aledger.append(1, "s", [ReceiptEvent("b")])).seq == 2
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("during", ["nap", "kernel wait"])
+def test_an_interrupt_during_a_nap_or_the_kernel_wait_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    holder = _Holder(tmp_path)  # held for good: the wait ends only by the interrupt
+    lock = SidecarLock(
+        tmp_path / "x.lock",
+        make_parent=lambda: None,
+        sleep=lambda _: signal.raise_signal(signal.SIGALRM) if during == "nap" else None,
+    )
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        for attempt in range(3):  # again and again: no descriptor piles up
+            if during == "kernel wait":  # flock is restarted after a handler that returns
+                spy = _FlockSpy(on_block=lambda: signal.setitimer(signal.ITIMER_REAL, 0.01))
+                monkeypatch.setattr(_locking, "fcntl", spy)
+            with pytest.raises(KeyboardInterrupt):
+                lock.acquire()
+            if attempt == 0:
+                count = _fd_count()
+            assert _fd_count() == count
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    monkeypatch.undo()
+    holder.release()
+    other = make_lock(tmp_path)
+    other.acquire(timeout=0)  # the waiter took nothing
+    other.release()
+    lock.acquire(timeout=0)  # and gave the mutex back
+    lock.release()
+
+
+@pytest.mark.parametrize("target", ["another ledger", "the same ledger"])
+def test_a_signal_handler_appending_during_a_nap(tmp_path: Path, target: str) -> None:
+    # During a nap the waiter holds its mutex, not the OS lock: a handler appending to another
+    # ledger appends; one appending to the same ledger would wait for itself, and is refused.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    other = AttemptLedger(tmp_path, "run", "other")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    in_handler: list[int] = []
+
+    def handler_appending(*_: object) -> None:
+        to = other if target == "another ledger" else ledger
+        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+
+    def sleep(_: float) -> None:
+        naps.append(1)
+        if len(naps) == 1:
+            signal.raise_signal(signal.SIGUSR1)
+        elif len(naps) == 2:
+            holder.release()
+
+    naps: list[int] = []
+    ledger._lock._sleep = sleep
+    previous = signal.signal(signal.SIGUSR1, handler_appending)
+    try:
+        if target == "another ledger":
+            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+            assert in_handler == [1]
+        else:
+            with pytest.raises(LockReentered):
+                ledger.append(1, "s", [ReceiptEvent("b")])
+            holder.release()
+            assert in_handler == []
+            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert [r.event_type for r in ledger.records()][1:] == (
+        ["b"] if target == "another ledger" else ["c"]
+    )
