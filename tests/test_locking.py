@@ -7,8 +7,10 @@ import gc
 import math
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -1046,3 +1048,110 @@ def test_a_signal_handler_appending_during_a_nap(tmp_path: Path, target: str) ->
     assert [r.event_type for r in ledger.records()][1:] == (
         ["b"] if target == "another ledger" else ["c"]
     )
+
+
+@pytest.mark.parametrize("remove_run", [False, True])
+def test_a_ledger_removed_while_a_waiter_naps_is_not_appended_into(
+    tmp_path: Path, remove_run: bool
+) -> None:
+    # What remove_ledger (and remove_run) do under the lock: unlink the ledger and the lock
+    # file (and the run directory); the waiter then locks the unlinked lock file, sees it
+    # unlinked, and locks and appends at the path, never into the removed ledger.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    removed = os.open(ledger.path, os.O_RDONLY)
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+
+    def sleep(_: float) -> None:
+        if ledger.lock_path.exists():
+            ledger.path.unlink()
+            ledger.lock_path.unlink()
+            if remove_run:
+                ledger.path.parent.rmdir()
+            holder.release()
+
+    ledger._lock._sleep = sleep
+    try:
+        assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 1
+        assert os.read(removed, 1000).count(b"\n") == 1  # the removed ledger: as it was
+    finally:
+        os.close(removed)
+    assert [r.event_type for r in ledger.records()] == ["b"]
+    ledger._lock.acquire(0)
+    try:
+        assert ledger._lock.is_current()  # the lock file at the path is the one it takes
+    finally:
+        ledger._lock.release()
+    ledger.close()
+
+
+@pytest.mark.parametrize("nap", [True, False])
+def test_without_fcntl_waiting_for_ever_polls_at_the_cap_and_never_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nap: bool
+) -> None:
+    # No blocking wait to end in: naps past the seven, at 5 ms, however the ledger is built.
+    monkeypatch.setattr(_locking, "fcntl", None)
+    holder = FileLock(tmp_path / "x.lock")
+    holder.acquire()
+    fake = _FakeTime(lambda naps: holder.release() if naps == 12 else None)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, sleep=fake.sleep, clock=fake.clock, nap=nap
+    )
+    lock.acquire()
+    lock.release()
+    assert fake.sleeps == pytest.approx([*_NAPS, 5e-3, 5e-3, 5e-3, 5e-3, 5e-3])
+
+
+def test_fork_while_another_thread_naps_in_acquire(tmp_path: Path) -> None:
+    # The napping thread holds the mutex (not the OS lock) as the process forks: the child
+    # must get a fresh mutex, and take the lock once parent and thread let it go.
+    ctx = multiprocessing.get_context("fork")
+    parent = os.getpid()
+    holder = make_lock(tmp_path)
+    holder.acquire()
+    napping, wake = threading.Event(), threading.Event()
+    released = ctx.Event()
+
+    def sleep(seconds: float) -> None:
+        if os.getpid() == parent:
+            napping.set()
+            wake.wait(timeout=30)
+        time.sleep(seconds)
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, sleep=sleep)
+    thread = threading.Thread(target=lambda: (lock.acquire(), lock.release()))
+    thread.start()
+    assert napping.wait(timeout=30)
+    result: multiprocessing.Queue[str] = ctx.Queue()
+    child = ctx.Process(target=_acquire_once_released, args=(lock, released, result))  # type: ignore[attr-defined]
+    child.start()
+    try:
+        holder.release()
+        wake.set()
+        released.set()
+        assert result.get(timeout=60) == "acquired"
+    finally:
+        wake.set()
+        released.set()
+        thread.join(timeout=30)
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_pickled_ledger_keeps_its_way_of_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # What a spawned worker gets: a durable ledger's copy still blocks without napping.
+    ledger = pickle.loads(pickle.dumps(AttemptLedger(tmp_path, "run", "node", durable=durable)))
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    spy = _FlockSpy(on_block=holder.release)
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    ledger._lock._sleep = lambda _: None
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+    assert spy.calls == ["try"] * (1 + 5 + (0 if durable else len(_NAPS))) + ["block"]
+    ledger.close()
