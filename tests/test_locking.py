@@ -31,6 +31,8 @@ from attempt_ledger import (
 from attempt_ledger._locking import SidecarLock, check_timeout
 from attempt_ledger.aio import AsyncAttemptLedger
 
+from . import _workers
+
 
 def make_lock(tmp_path: Path) -> SidecarLock:
     return SidecarLock(tmp_path / "x.lock", make_parent=lambda: None)
@@ -1155,3 +1157,37 @@ def test_a_pickled_ledger_keeps_its_way_of_waiting(
     assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
     assert spy.calls == ["try"] * (1 + 5 + (0 if durable else len(_NAPS))) + ["block"]
     ledger.close()
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_eight_processes_napping_and_blocking_on_one_ledger_all_finish(
+    tmp_path: Path, method: str
+) -> None:
+    # Durable ledgers block after their tries, the others nap first: nobody starves, and
+    # every acknowledged seq is in the file once.
+    ctx = multiprocessing.get_context(method)
+    start = ctx.Event()
+    results: multiprocessing.Queue[tuple[int, list[int]]] = ctx.Queue()
+    children = []
+    for worker in range(8):
+        ledger = AttemptLedger(tmp_path, "run", "node", durable=worker % 2 == 1)
+        child = ctx.Process(  # type: ignore[attr-defined]
+            target=_workers.append_many, args=(tmp_path, worker, 200, start, results, ledger)
+        )
+        child.start()
+        children.append(child)
+    try:
+        start.set()
+        acknowledged = dict(results.get(timeout=120) for _ in children)
+        for child in children:
+            child.join(timeout=60)
+            assert child.exitcode == 0
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+            child.join(timeout=60)
+    seqs = sorted(seq for each in acknowledged.values() for seq in each)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [r.seq for r in AttemptLedger(tmp_path, "run", "node").records()] == seqs
