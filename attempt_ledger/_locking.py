@@ -147,10 +147,10 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
-            # A signal's handler raising (Ctrl-C) as a flock returns fails the acquire with the
-            # OS lock taken: nobody would release it, and every other process would wait for it.
-            self._unlock()
-            self._exit()
+            # Unlocks too: a signal's handler raising (Ctrl-C) as a flock returns fails the
+            # acquire with the OS lock taken, which nobody would release: every other process
+            # would wait for it. (Unlocking a lock not taken does nothing.)
+            self.release()
             raise
 
     def _claim(self) -> None:
@@ -175,21 +175,17 @@ class SidecarLock:
         just as well; raising would report a failed append for records already written.
         """
         try:
-            self._unlock()
+            if self._fd is not None:
+                try:
+                    if fcntl is None:  # pragma: no cover - Windows
+                        unlock_descriptor(self._fd)
+                    else:
+                        fcntl.flock(self._fd, _UNLOCK)
+                except OSError:
+                    self._close()
         finally:
             self._owner = None  # _exit(), inline: every append runs this
             self._mutex.release()
-
-    def _unlock(self) -> None:
-        # Never raises: if the OS refuses, closing the descriptor releases the lock just as well.
-        if self._fd is not None:
-            try:
-                if fcntl is None:  # pragma: no cover - Windows
-                    unlock_descriptor(self._fd)
-                else:
-                    fcntl.flock(self._fd, _UNLOCK)
-            except OSError:
-                self._close()
 
     def __del__(self) -> None:
         if self._fd is not None:
