@@ -1191,3 +1191,39 @@ def test_eight_processes_napping_and_blocking_on_one_ledger_all_finish(
     seqs = sorted(seq for each in acknowledged.values() for seq in each)
     assert seqs == list(range(1, len(seqs) + 1))
     assert [r.seq for r in AttemptLedger(tmp_path, "run", "node").records()] == seqs
+
+
+@pytest.mark.parametrize("target", ["another ledger", "the same ledger"])
+def test_a_signal_handler_appending_during_the_kernel_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    # The handler runs while flock is interrupted, then flock is restarted: one appending to
+    # another ledger appends (and lets the lock go here), one on the same ledger is refused.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    other = AttemptLedger(tmp_path, "run", "other")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    in_handler: list[int] = []
+
+    def handler(*_: object) -> None:
+        to = other if target == "another ledger" else ledger
+        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+        holder.release()
+
+    spy = _FlockSpy(on_block=lambda: signal.setitimer(signal.ITIMER_REAL, 0.01))
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    ledger._lock._sleep = lambda _: None
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        if target == "another ledger":
+            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+            assert in_handler == [1]
+        else:
+            with pytest.raises(LockReentered):
+                ledger.append(1, "s", [ReceiptEvent("b")])
+            holder.release()
+            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert spy.calls.count("block") == 1
