@@ -27,6 +27,10 @@ from attempt_ledger import (
     LockTimeout,
     ReceiptEvent,
     _locking,
+    remove_ledger,
+    remove_ledger_file,
+    remove_run,
+    remove_run_dir,
 )
 from attempt_ledger._locking import SidecarLock, check_timeout
 from attempt_ledger.aio import AsyncAttemptLedger
@@ -1227,3 +1231,36 @@ def test_a_signal_handler_appending_during_the_kernel_wait(
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert spy.calls.count("block") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (-1, ValueError),
+        (-math.inf, ValueError),
+        (math.nan, ValueError),
+        (True, TypeError),
+        (False, TypeError),
+        ("1", TypeError),
+        (None, None),
+    ],
+)
+def test_every_entry_point_checks_lock_timeout_before_touching_a_file(
+    tmp_path: Path, value: Any, error: type[Exception] | None
+) -> None:
+    root = tmp_path / "root"
+    makers: list[Callable[[], object]] = [
+        lambda: AttemptLedger(root, "run", "node", lock_timeout=value),
+        lambda: AsyncAttemptLedger(root, "run", "node", lock_timeout=value),
+        lambda: remove_ledger(root, "run", "node", lock_timeout=value),
+        lambda: remove_run(root, "run", lock_timeout=value),
+        lambda: remove_ledger_file(root / "run" / "node.jsonl", lock_timeout=value),
+        lambda: remove_run_dir(root / "run", lock_timeout=value),
+    ]
+    for make in makers:
+        if error is None:
+            make()
+        else:
+            with pytest.raises(error, match="lock_timeout"):
+                make()
+    assert not root.exists()
