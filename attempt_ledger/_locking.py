@@ -61,6 +61,17 @@ _NAPS_BEFORE_BLOCKING = 7
 _live: weakref.WeakSet[SidecarLock] = weakref.WeakSet()
 
 
+def _live_locks() -> list[SidecarLock]:
+    # WeakSet's iterator is Python code: a thread switch can land in it, and a lock another
+    # thread makes meanwhile changes the set under it (RuntimeError). Walk it again: a lock
+    # made since is not one this thread holds.
+    while True:
+        try:
+            return list(_live)
+        except RuntimeError:
+            continue
+
+
 def _after_fork_in_child() -> None:
     for lock in list(_live):
         lock._forget_parent()
@@ -304,7 +315,7 @@ class SidecarLock:
         # up the stack (a signal handler appending through a second ledger object): the OS lock
         # excludes it like any other holder, and waiting for ever would wait for ourselves.
         me = get_ident()
-        for other in list(_live):
+        for other in _live_locks():
             held = other._owner == me and other._fd is not None and other._ident == self._ident
             if held and other is not self:
                 self._close()

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -1264,3 +1265,43 @@ def test_every_entry_point_checks_lock_timeout_before_touching_a_file(
             with pytest.raises(error, match="lock_timeout"):
                 make()
     assert not root.exists()
+
+
+def test_waiting_for_ever_while_other_threads_make_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait for ever first looks through every lock of the process for one this thread holds;
+    # WeakSet's iterator is Python code, so a thread switch can land in it, and another thread
+    # making a ledger (a lock) meanwhile changed the set under it: RuntimeError, not a wait.
+    refused = [True]
+
+    def flock(fd: int, operation: int) -> None:  # every first try finds the lock held
+        if operation & fcntl.LOCK_NB and refused[0]:
+            refused[0] = False
+            raise BlockingIOError(errno.EAGAIN, "held")
+        fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    others = [make_lock(tmp_path) for _ in range(5000)]  # a long walk: many switches in it
+    lock = make_lock(tmp_path)
+    stop = threading.Event()
+
+    def make_locks() -> None:
+        while not stop.is_set():
+            make_lock(tmp_path)
+
+    maker = threading.Thread(target=make_locks)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    maker.start()
+    try:
+        for _ in range(200):
+            refused[0] = True
+            lock.acquire()
+            lock.release()
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        maker.join(timeout=30)
+    assert not maker.is_alive()
+    assert len(others) == 5000
