@@ -1305,3 +1305,36 @@ def test_waiting_for_ever_while_other_threads_make_locks(
         maker.join(timeout=30)
     assert not maker.is_alive()
     assert len(others) == 5000
+
+
+def test_a_lock_file_replaced_while_a_waiter_naps_is_waited_for_at_the_path(
+    tmp_path: Path,
+) -> None:
+    # Replaced (renamed over) while held: the waiter takes the old one when let go, sees it
+    # unlinked, and waits for the one at the path, held by another, before appending.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    old = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    new = _Holder(tmp_path, "new.lock")
+    steps: list[str] = []
+
+    def sleep(_: float) -> None:
+        if not steps:
+            os.replace(tmp_path / "new.lock", ledger.lock_path)
+            old.release()
+            steps.append("replaced")
+        elif len(steps) == 3:
+            new.release()
+            steps.append("released")
+        else:
+            steps.append("nap")
+
+    ledger._lock._sleep = sleep
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+    assert steps == ["replaced", "nap", "nap", "released"]
+    ledger._lock.acquire(0)
+    try:
+        assert ledger._lock.is_current()
+    finally:
+        ledger._lock.release()
+    ledger.close()
