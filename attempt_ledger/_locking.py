@@ -61,6 +61,17 @@ _NAPS_BEFORE_BLOCKING = 7
 _live: weakref.WeakSet[SidecarLock] = weakref.WeakSet()
 
 
+def _live_locks() -> list[SidecarLock]:
+    # WeakSet's iterator is Python code: a thread switch can land in it, and a lock another
+    # thread makes meanwhile changes the set under it (RuntimeError). Walk it again: a lock
+    # made since is not one this thread holds.
+    while True:
+        try:
+            return list(_live)
+        except RuntimeError:
+            continue
+
+
 def _after_fork_in_child() -> None:
     for lock in list(_live):
         lock._forget_parent()
@@ -147,7 +158,10 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
-            self._exit()
+            # Unlocks too: a signal's handler raising (Ctrl-C) as a flock returns fails the
+            # acquire with the OS lock taken, which nobody would release: every other process
+            # would wait for it. (Unlocking a lock not taken does nothing.)
+            self.release()
             raise
 
     def _claim(self) -> None:
@@ -301,11 +315,19 @@ class SidecarLock:
         # up the stack (a signal handler appending through a second ledger object): the OS lock
         # excludes it like any other holder, and waiting for ever would wait for ourselves.
         me = get_ident()
-        for other in list(_live):
+        for other in _live_locks():
             held = other._owner == me and other._fd is not None and other._ident == self._ident
             if held and other is not self:
                 self._close()
                 raise LockReentered(self.path)
+
+
+def deadline_after(now: float, timeout: float | None) -> float | None:
+    """The deadline of a ``lock_timeout`` that starts ``now``; ``None`` for one that waits as
+    long as it takes: ``None``, or longer than threading's waits allow (``math.inf``, or an
+    ``int`` past any ``float``, which no deadline could hold).
+    """
+    return None if timeout is None or timeout >= _FOREVER else now + timeout
 
 
 class StaleLock(Exception):

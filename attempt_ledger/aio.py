@@ -22,6 +22,7 @@ from pathlib import Path
 from ._codec import check_expected_last_seq, empty_append, encode_batch
 from ._errors import LockTimeout
 from ._ledger import AttemptLedger
+from ._locking import deadline_after
 from ._protocol import AsyncLedger
 from ._reader import iter_records, read_last_seq
 from ._reconcile import Chunks, afollow_with, areconcile, file_reader
@@ -106,7 +107,7 @@ class AsyncAttemptLedger:
             return empty_append(ledger.path, ledger.last_seq(), expected_last_seq)
         loop = asyncio.get_running_loop()
         timeout = ledger.lock_timeout
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = deadline_after(loop.time(), timeout)
         delay = _FIRST_TRY
         while True:
             if not ledger.durable:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import gc
 import math
 import multiprocessing
 import os
+import pickle
+import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,8 +28,15 @@ from attempt_ledger import (
     LockTimeout,
     ReceiptEvent,
     _locking,
+    remove_ledger,
+    remove_ledger_file,
+    remove_run,
+    remove_run_dir,
 )
 from attempt_ledger._locking import SidecarLock, check_timeout
+from attempt_ledger.aio import AsyncAttemptLedger
+
+from . import _workers
 
 
 def make_lock(tmp_path: Path) -> SidecarLock:
@@ -910,3 +922,419 @@ def test_a_lock_file_opened_read_only_that_cannot_be_opened_names_the_action(
         SidecarLock(path, make_parent=lambda: None).acquire()
     assert info.value.path == path
     assert "cannot open the lock file" in str(info.value)
+
+
+# A hostile review of the lock wait (tries, naps, then the kernel).
+
+
+@pytest.mark.parametrize("taken_by", ["try", "block"])
+def test_an_interrupt_as_the_os_lock_is_taken_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken_by: str
+) -> None:
+    # Ctrl-C (a handler that raises) runs at the first bytecode after the flock that took the
+    # lock returns: the acquire fails, so its caller never releases; the OS lock must not stay
+    # held by the descriptor the lock keeps open, or every other process waits for ever.
+    holder = _Holder(tmp_path)
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX and taken_by == "block":
+            holder.release()
+        fcntl.flock(fd, operation)  # a try refused raises here, before the signal
+        if operation & fcntl.LOCK_EX:
+            signal.raise_signal(signal.SIGUSR1)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    fake = _FakeTime(lambda naps: holder.release() if naps == 2 and taken_by == "try" else None)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, clock=fake.clock, sleep=fake.sleep
+    )
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    monkeypatch.undo()
+    other = make_lock(tmp_path)
+    other.acquire(timeout=0)  # the OS lock was let go (LockTimeout if not)
+    other.release()
+    lock.acquire(timeout=0)  # and the mutex
+    lock.release()
+
+
+_EDGES = [0, 0.0, 1e-9, 1e9, math.inf, threading.TIMEOUT_MAX, pytest.param(10**400, id="10**400")]
+
+
+@pytest.mark.parametrize("timeout", _EDGES)
+def test_every_edge_timeout_appends_through_the_ledger_and_asyncio(
+    tmp_path: Path, timeout: float
+) -> None:
+    # 10**400 is an int past any float: a deadline computed from it overflows.
+    ledger = AttemptLedger(tmp_path, "run", "node", lock_timeout=timeout)
+    assert ledger.append(1, "s", [ReceiptEvent("a")]).seq == 1
+    aledger = AsyncAttemptLedger(tmp_path, "run", "node", lock_timeout=timeout)
+    assert asyncio.run(aledger.append(1, "s", [ReceiptEvent("b")])).seq == 2
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("during", ["nap", "kernel wait"])
+def test_an_interrupt_during_a_nap_or_the_kernel_wait_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, during: str
+) -> None:
+    holder = _Holder(tmp_path)  # held for good: the wait ends only by the interrupt
+    lock = SidecarLock(
+        tmp_path / "x.lock",
+        make_parent=lambda: None,
+        sleep=lambda _: signal.raise_signal(signal.SIGALRM) if during == "nap" else None,
+    )
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        for attempt in range(3):  # again and again: no descriptor piles up
+            if during == "kernel wait":  # flock is restarted after a handler that returns
+                spy = _FlockSpy(on_block=lambda: signal.setitimer(signal.ITIMER_REAL, 0.01))
+                monkeypatch.setattr(_locking, "fcntl", spy)
+            with pytest.raises(KeyboardInterrupt):
+                lock.acquire()
+            if attempt == 0:
+                count = _fd_count()
+            assert _fd_count() == count
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    monkeypatch.undo()
+    holder.release()
+    other = make_lock(tmp_path)
+    other.acquire(timeout=0)  # the waiter took nothing
+    other.release()
+    lock.acquire(timeout=0)  # and gave the mutex back
+    lock.release()
+
+
+@pytest.mark.parametrize("target", ["another ledger", "the same ledger"])
+def test_a_signal_handler_appending_during_a_nap(tmp_path: Path, target: str) -> None:
+    # During a nap the waiter holds its mutex, not the OS lock: a handler appending to another
+    # ledger appends; one appending to the same ledger would wait for itself, and is refused.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    other = AttemptLedger(tmp_path, "run", "other")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    in_handler: list[int] = []
+
+    def handler_appending(*_: object) -> None:
+        to = other if target == "another ledger" else ledger
+        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+
+    def sleep(_: float) -> None:
+        naps.append(1)
+        if len(naps) == 1:
+            signal.raise_signal(signal.SIGUSR1)
+        elif len(naps) == 2:
+            holder.release()
+
+    naps: list[int] = []
+    ledger._lock._sleep = sleep
+    previous = signal.signal(signal.SIGUSR1, handler_appending)
+    try:
+        if target == "another ledger":
+            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+            assert in_handler == [1]
+        else:
+            with pytest.raises(LockReentered):
+                ledger.append(1, "s", [ReceiptEvent("b")])
+            holder.release()
+            assert in_handler == []
+            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert [r.event_type for r in ledger.records()][1:] == (
+        ["b"] if target == "another ledger" else ["c"]
+    )
+
+
+@pytest.mark.parametrize("remove_run", [False, True])
+def test_a_ledger_removed_while_a_waiter_naps_is_not_appended_into(
+    tmp_path: Path, remove_run: bool
+) -> None:
+    # What remove_ledger (and remove_run) do under the lock: unlink the ledger and the lock
+    # file (and the run directory); the waiter then locks the unlinked lock file, sees it
+    # unlinked, and locks and appends at the path, never into the removed ledger.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    removed = os.open(ledger.path, os.O_RDONLY)
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+
+    def sleep(_: float) -> None:
+        if ledger.lock_path.exists():
+            ledger.path.unlink()
+            ledger.lock_path.unlink()
+            if remove_run:
+                ledger.path.parent.rmdir()
+            holder.release()
+
+    ledger._lock._sleep = sleep
+    try:
+        assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 1
+        assert os.read(removed, 1000).count(b"\n") == 1  # the removed ledger: as it was
+    finally:
+        os.close(removed)
+    assert [r.event_type for r in ledger.records()] == ["b"]
+    ledger._lock.acquire(0)
+    try:
+        assert ledger._lock.is_current()  # the lock file at the path is the one it takes
+    finally:
+        ledger._lock.release()
+    ledger.close()
+
+
+@pytest.mark.parametrize("nap", [True, False])
+def test_without_fcntl_waiting_for_ever_polls_at_the_cap_and_never_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nap: bool
+) -> None:
+    # No blocking wait to end in: naps past the seven, at 5 ms, however the ledger is built.
+    monkeypatch.setattr(_locking, "fcntl", None)
+    holder = FileLock(tmp_path / "x.lock")
+    holder.acquire()
+    fake = _FakeTime(lambda naps: holder.release() if naps == 12 else None)
+    lock = SidecarLock(
+        tmp_path / "x.lock", make_parent=lambda: None, sleep=fake.sleep, clock=fake.clock, nap=nap
+    )
+    lock.acquire()
+    lock.release()
+    assert fake.sleeps == pytest.approx([*_NAPS, 5e-3, 5e-3, 5e-3, 5e-3, 5e-3])
+
+
+def test_fork_while_another_thread_naps_in_acquire(tmp_path: Path) -> None:
+    # The napping thread holds the mutex (not the OS lock) as the process forks: the child
+    # must get a fresh mutex, and take the lock once parent and thread let it go.
+    ctx = multiprocessing.get_context("fork")
+    parent = os.getpid()
+    holder = make_lock(tmp_path)
+    holder.acquire()
+    napping, wake = threading.Event(), threading.Event()
+    released = ctx.Event()
+
+    def sleep(seconds: float) -> None:
+        if os.getpid() == parent:
+            napping.set()
+            wake.wait(timeout=30)
+        time.sleep(seconds)
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, sleep=sleep)
+    thread = threading.Thread(target=lambda: (lock.acquire(), lock.release()))
+    thread.start()
+    assert napping.wait(timeout=30)
+    result: multiprocessing.Queue[str] = ctx.Queue()
+    child = ctx.Process(target=_acquire_once_released, args=(lock, released, result))  # type: ignore[attr-defined]
+    child.start()
+    try:
+        holder.release()
+        wake.set()
+        released.set()
+        assert result.get(timeout=60) == "acquired"
+    finally:
+        wake.set()
+        released.set()
+        thread.join(timeout=30)
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_pickled_ledger_keeps_its_way_of_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # What a spawned worker gets: a durable ledger's copy still blocks without napping.
+    ledger = pickle.loads(pickle.dumps(AttemptLedger(tmp_path, "run", "node", durable=durable)))
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    spy = _FlockSpy(on_block=holder.release)
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    ledger._lock._sleep = lambda _: None
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+    assert spy.calls == ["try"] * (1 + 5 + (0 if durable else len(_NAPS))) + ["block"]
+    ledger.close()
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_eight_processes_napping_and_blocking_on_one_ledger_all_finish(
+    tmp_path: Path, method: str
+) -> None:
+    # Durable ledgers block after their tries, the others nap first: nobody starves, and
+    # every acknowledged seq is in the file once.
+    ctx = multiprocessing.get_context(method)
+    start = ctx.Event()
+    results: multiprocessing.Queue[tuple[int, list[int]]] = ctx.Queue()
+    children = []
+    for worker in range(8):
+        ledger = AttemptLedger(tmp_path, "run", "node", durable=worker % 2 == 1)
+        child = ctx.Process(  # type: ignore[attr-defined]
+            target=_workers.append_many, args=(tmp_path, worker, 200, start, results, ledger)
+        )
+        child.start()
+        children.append(child)
+    try:
+        start.set()
+        acknowledged = dict(results.get(timeout=120) for _ in children)
+        for child in children:
+            child.join(timeout=60)
+            assert child.exitcode == 0
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+            child.join(timeout=60)
+    seqs = sorted(seq for each in acknowledged.values() for seq in each)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [r.seq for r in AttemptLedger(tmp_path, "run", "node").records()] == seqs
+
+
+@pytest.mark.parametrize("target", ["another ledger", "the same ledger"])
+def test_a_signal_handler_appending_during_the_kernel_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    # The handler runs while flock is interrupted, then flock is restarted: one appending to
+    # another ledger appends (and lets the lock go here), one on the same ledger is refused.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    other = AttemptLedger(tmp_path, "run", "other")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    in_handler: list[int] = []
+
+    def handler(*_: object) -> None:
+        to = other if target == "another ledger" else ledger
+        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+        holder.release()
+
+    spy = _FlockSpy(on_block=lambda: signal.setitimer(signal.ITIMER_REAL, 0.01))
+    monkeypatch.setattr(_locking, "fcntl", spy)
+    ledger._lock._sleep = lambda _: None
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        if target == "another ledger":
+            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+            assert in_handler == [1]
+        else:
+            with pytest.raises(LockReentered):
+                ledger.append(1, "s", [ReceiptEvent("b")])
+            holder.release()
+            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert spy.calls.count("block") == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (-1, ValueError),
+        (-math.inf, ValueError),
+        (math.nan, ValueError),
+        (True, TypeError),
+        (False, TypeError),
+        ("1", TypeError),
+        (None, None),
+    ],
+)
+def test_every_entry_point_checks_lock_timeout_before_touching_a_file(
+    tmp_path: Path, value: Any, error: type[Exception] | None
+) -> None:
+    root = tmp_path / "root"
+    makers: list[Callable[[], object]] = [
+        lambda: AttemptLedger(root, "run", "node", lock_timeout=value),
+        lambda: AsyncAttemptLedger(root, "run", "node", lock_timeout=value),
+        lambda: remove_ledger(root, "run", "node", lock_timeout=value),
+        lambda: remove_run(root, "run", lock_timeout=value),
+        lambda: remove_ledger_file(root / "run" / "node.jsonl", lock_timeout=value),
+        lambda: remove_run_dir(root / "run", lock_timeout=value),
+    ]
+    for make in makers:
+        if error is None:
+            make()
+        else:
+            with pytest.raises(error, match="lock_timeout"):
+                make()
+    assert not root.exists()
+
+
+def test_waiting_for_ever_while_other_threads_make_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wait for ever first looks through every lock of the process for one this thread holds;
+    # WeakSet's iterator is Python code, so a thread switch can land in it, and another thread
+    # making a ledger (a lock) meanwhile changed the set under it: RuntimeError, not a wait.
+    refused = [True]
+
+    def flock(fd: int, operation: int) -> None:  # every first try finds the lock held
+        if operation & fcntl.LOCK_NB and refused[0]:
+            refused[0] = False
+            raise BlockingIOError(errno.EAGAIN, "held")
+        fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(_locking, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+    others = [make_lock(tmp_path) for _ in range(5000)]  # a long walk: many switches in it
+    lock = make_lock(tmp_path)
+    stop = threading.Event()
+
+    def make_locks() -> None:
+        while not stop.is_set():
+            make_lock(tmp_path)
+
+    maker = threading.Thread(target=make_locks)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    maker.start()
+    try:
+        for _ in range(200):
+            refused[0] = True
+            lock.acquire()
+            lock.release()
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        maker.join(timeout=30)
+    assert not maker.is_alive()
+    assert len(others) == 5000
+
+
+def test_a_lock_file_replaced_while_a_waiter_naps_is_waited_for_at_the_path(
+    tmp_path: Path,
+) -> None:
+    # Replaced (renamed over) while held: the waiter takes the old one when let go, sees it
+    # unlinked, and waits for the one at the path, held by another, before appending.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    old = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
+    new = _Holder(tmp_path, "new.lock")
+    steps: list[str] = []
+
+    def sleep(_: float) -> None:
+        if not steps:
+            os.replace(tmp_path / "new.lock", ledger.lock_path)
+            old.release()
+            steps.append("replaced")
+        elif len(steps) == 3:
+            new.release()
+            steps.append("released")
+        else:
+            steps.append("nap")
+
+    ledger._lock._sleep = sleep
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+    assert steps == ["replaced", "nap", "nap", "released"]
+    ledger._lock.acquire(0)
+    try:
+        assert ledger._lock.is_current()
+    finally:
+        ledger._lock.release()
+    ledger.close()
