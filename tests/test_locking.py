@@ -1016,43 +1016,57 @@ def test_an_interrupt_during_a_nap_or_the_kernel_wait_leaves_nothing_held(
     lock.release()
 
 
+class _HandlerAppends:
+    """A ledger held by another (:class:`_Holder`), and a signal handler that appends to it or
+    to another ledger, as ``target`` says."""
+
+    def __init__(self, tmp_path: Path, target: str) -> None:
+        self.ledger = AttemptLedger(tmp_path, "run", "node")
+        self.other = AttemptLedger(tmp_path, "run", "other")
+        self.ledger.append(1, "s", [ReceiptEvent("a")])
+        self.holder = _Holder(self.ledger.lock_path.parent, self.ledger.lock_path.name)
+        self.target = target
+        self.in_handler: list[int] = []
+
+    def append_in_handler(self) -> None:
+        to = self.other if self.target == "another ledger" else self.ledger
+        self.in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+
+    def append_around_it(self) -> None:
+        # Another ledger: the outer append goes on. The same ledger: the handler's append is
+        # refused (it would wait for itself), and the outer one fails with it, holding nothing.
+        if self.target == "another ledger":
+            assert self.ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+            assert self.in_handler == [1]
+        else:
+            with pytest.raises(LockReentered):
+                self.ledger.append(1, "s", [ReceiptEvent("b")])
+            self.holder.release()
+            assert self.in_handler == []
+            assert self.ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2
+
+
 @pytest.mark.parametrize("target", ["another ledger", "the same ledger"])
 def test_a_signal_handler_appending_during_a_nap(tmp_path: Path, target: str) -> None:
     # During a nap the waiter holds its mutex, not the OS lock: a handler appending to another
     # ledger appends; one appending to the same ledger would wait for itself, and is refused.
-    ledger = AttemptLedger(tmp_path, "run", "node")
-    other = AttemptLedger(tmp_path, "run", "other")
-    ledger.append(1, "s", [ReceiptEvent("a")])
-    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
-    in_handler: list[int] = []
-
-    def handler_appending(*_: object) -> None:
-        to = other if target == "another ledger" else ledger
-        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
+    case = _HandlerAppends(tmp_path, target)
 
     def sleep(_: float) -> None:
         naps.append(1)
         if len(naps) == 1:
             signal.raise_signal(signal.SIGUSR1)
         elif len(naps) == 2:
-            holder.release()
+            case.holder.release()
 
     naps: list[int] = []
-    ledger._lock._sleep = sleep
-    previous = signal.signal(signal.SIGUSR1, handler_appending)
+    case.ledger._lock._sleep = sleep
+    previous = signal.signal(signal.SIGUSR1, lambda *_: case.append_in_handler())
     try:
-        if target == "another ledger":
-            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
-            assert in_handler == [1]
-        else:
-            with pytest.raises(LockReentered):
-                ledger.append(1, "s", [ReceiptEvent("b")])
-            holder.release()
-            assert in_handler == []
-            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+        case.append_around_it()
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert [r.event_type for r in ledger.records()][1:] == (
+    assert [r.event_type for r in case.ledger.records()][1:] == (
         ["b"] if target == "another ledger" else ["c"]
     )
 
@@ -1204,30 +1218,18 @@ def test_a_signal_handler_appending_during_the_kernel_wait(
 ) -> None:
     # The handler runs while flock is interrupted, then flock is restarted: one appending to
     # another ledger appends (and lets the lock go here), one on the same ledger is refused.
-    ledger = AttemptLedger(tmp_path, "run", "node")
-    other = AttemptLedger(tmp_path, "run", "other")
-    ledger.append(1, "s", [ReceiptEvent("a")])
-    holder = _Holder(ledger.lock_path.parent, ledger.lock_path.name)
-    in_handler: list[int] = []
+    case = _HandlerAppends(tmp_path, target)
 
     def handler(*_: object) -> None:
-        to = other if target == "another ledger" else ledger
-        in_handler.append(to.append(1, "h", [ReceiptEvent("h")]).seq)
-        holder.release()
+        case.append_in_handler()
+        case.holder.release()
 
     spy = _FlockSpy(on_block=lambda: signal.setitimer(signal.ITIMER_REAL, 0.01))
     monkeypatch.setattr(_locking, "fcntl", spy)
-    ledger._lock._sleep = lambda _: None
+    case.ledger._lock._sleep = lambda _: None
     previous = signal.signal(signal.SIGALRM, handler)
     try:
-        if target == "another ledger":
-            assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
-            assert in_handler == [1]
-        else:
-            with pytest.raises(LockReentered):
-                ledger.append(1, "s", [ReceiptEvent("b")])
-            holder.release()
-            assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2  # nothing stayed held
+        case.append_around_it()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
