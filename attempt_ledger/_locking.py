@@ -49,10 +49,10 @@ _FOREVER = threading.TIMEOUT_MAX
 
 # Waiting for a lock another holds: a few more tries at once, then naps from 50 us, doubling
 # to 5 ms, between tries; without a timeout, after 6.35 ms of naps, a blocking flock. An append
-# holds the lock for microseconds, and flock wakes every sleeper at every release: sleepers in
-# the kernel cost the holder a wake-up per append, which halved the throughput of two processes
-# sharing a ledger; a napping waiter costs it nothing. A lock held longer still ends up waited
-# for in the kernel, which wakes the waiter the moment it is free.
+# holds the lock for microseconds, and a release wakes the waiters asleep in flock: they cost
+# the holder a wake-up per append, which halved the throughput of two processes sharing a
+# ledger; a napping waiter costs it nothing. A lock held longer still ends up waited for in the
+# kernel, which wakes the waiter the moment it is free.
 _SPINS = 5
 _FIRST_POLL = 50e-6
 _LAST_POLL = 5e-3
