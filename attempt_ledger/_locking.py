@@ -73,7 +73,7 @@ def _live_locks() -> list[SidecarLock]:
 
 
 def _after_fork_in_child() -> None:
-    for lock in list(_live):
+    for lock in _live_locks():
         lock._forget_parent()
 
 
@@ -273,8 +273,7 @@ class SidecarLock:
         except OSError as error:
             if error.errno in _HELD:
                 return False
-            self._close()
-            raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
+            raise self._cannot_lock(error) from error
 
     def _wait(self, fd: int, deadline: float | None, timeout: float | None) -> None:
         if deadline is None:
@@ -307,8 +306,12 @@ class SidecarLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as error:
-            self._close()
-            raise LedgerIOError.wrap(self.path, "lock the lock file", error) from error
+            raise self._cannot_lock(error) from error
+
+    def _cannot_lock(self, error: OSError) -> LedgerIOError:
+        # flock failed for another reason than a holder: give the descriptor up, name the path.
+        self._close()
+        return LedgerIOError.wrap(self.path, "lock the lock file", error)
 
     def _refuse_waiting_for_ourselves(self) -> None:
         # Another object of this process on the same lock file, held by this very thread further
