@@ -258,7 +258,7 @@ class AttemptLedger:
         # Durable mode: wait for an fsync that began after the write (with or without the lock).
         if unsynced is not None:
             try:
-                unsynced.sync.wait(unsynced.ticket)
+                unsynced.sync.wait(unsynced.ticket, unlocked=relock)
             except OSError as error:
                 self._take_back(summary, unsynced, error, relock)
         return summary

@@ -23,9 +23,11 @@ from attempt_ledger import (
     LedgerError,
     LedgerIOError,
     ReceiptEvent,
+    _groupsync,
     read_receipt_records,
 )
 from attempt_ledger._groupsync import GroupSync, unknown_durability
+from attempt_ledger._locking import SidecarLock
 from attempt_ledger._reader import iter_records
 from attempt_ledger._records import AppendSummary
 
@@ -138,6 +140,35 @@ def test_durable_append_fsyncs_after_releasing_the_lock(
     assert lock_free == [True]
 
 
+def test_the_yield_is_the_oss() -> None:
+    assert _groupsync.yield_cpu is os.sched_yield
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_durable_append_yields_the_cpu_between_the_release_and_the_fsync(
+    root: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # So that the writers the release woke write before the fsync, which then covers them.
+    ledger = AttemptLedger(root, "r", "n", durable=durable)
+    ledger.append(1, "s", EV)
+    steps: list[str] = []
+    real_fsync, real_release = os.fsync, SidecarLock.release
+
+    def fsync(fd: int) -> None:
+        steps.extend(["fsync"] if _is_ledger(fd) else [])
+        real_fsync(fd)
+
+    def release(lock: SidecarLock) -> None:
+        steps.append("release")
+        real_release(lock)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(SidecarLock, "release", release)
+    monkeypatch.setattr(_groupsync, "yield_cpu", lambda: steps.append("yield"))
+    assert ledger.append(1, "s", EV).seq == 2
+    assert steps == (["release", "yield", "fsync"] if durable else ["release"])
+
+
 def test_append_locked_still_fsyncs_before_returning(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -152,10 +183,11 @@ def test_append_locked_still_fsyncs_before_returning(
     from attempt_ledger._codec import encode_batch
 
     encoded = encode_batch(ledger.path, "r", "n", 1, "s", EV)
+    monkeypatch.setattr(_groupsync, "yield_cpu", lambda: calls.append(-1))
     ledger._lock.acquire()
     try:
         assert ledger._append_locked(encoded).seq == 2
-        assert len(calls) == 1  # before the lock's release
+        assert calls == [ledger._handles.fd]  # before the lock's release, and no yield to it
     finally:
         ledger._lock.release()
 
