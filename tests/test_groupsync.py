@@ -65,14 +65,15 @@ def test_one_fsync_covers_every_write_before_it(
 ) -> None:
     calls: list[int] = []
     monkeypatch.setattr(os, "fsync", calls.append)
+    monkeypatch.setattr(_groupsync, "yield_cpu", lambda: calls.append(-1))
     sync = GroupSync(3)
     first, second = sync.ticket(), sync.ticket()
     sync.wait(second)
     sync.wait(first)  # covered by the fsync that began after both writes
-    assert calls == [3]
+    assert calls == [3]  # no yield unless asked
     third = sync.ticket()
-    sync.wait(third)
-    assert calls == [3, 3]
+    sync.wait(third, unlocked=True)
+    assert calls == [3, -1, 3]
 
 
 def test_a_failed_fsync_fails_every_write_it_covered_for_good(
