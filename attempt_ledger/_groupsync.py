@@ -31,7 +31,7 @@ def _no_yield() -> None:
 
 #: Called by a durable append between its lock's release and its fsync. The release woke the
 #: writers waiting for the lock; letting them run first puts their writes before the fsync,
-#: which then covers them too: ~+15% appends/s with 8 processes on 2 cores (docs/performance.md).
+#: which then covers them too: ~+20% appends/s with 8 processes on 2 cores (docs/performance.md).
 yield_cpu: Callable[[], None] = getattr(os, "sched_yield", _no_yield)
 
 

@@ -299,12 +299,13 @@ def _issue12_targets(results: dict[str, Any]) -> list[tuple[str, bool]]:
     if "durable_contention" in results:
         durable = results["durable_contention"]["ledger"]
         top = max(durable, key=int)
+        # SQLite runs these with synchronous=FULL, as the durable table says.
+        names = {"ledger_lockfsync": CONTENDERS["ledger_lockfsync"].name, "sqlite": "SQLite FULL"}
         for other, goal in (("ledger_lockfsync", 1.8), ("sqlite", 4.0)):
             value = durable[top]["vs"][other]
             checks.append(
                 (
-                    f"durable, {top} processes: {value:.2f}x {CONTENDERS[other].name} "
-                    f"(target >= {goal})",
+                    f"durable, {top} processes: {value:.2f}x {names[other]} (target >= {goal})",
                     value >= goal,
                 )
             )
