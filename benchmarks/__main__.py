@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     say("4b. durable, N processes")
     results["durable_contention"] = scenarios.contention_matrix(
-        ["ledger", "ledger_lockfsync", "floor", "sqlite"],
+        ["ledger", "ledger_lockfsync", "floor", "floor_after", "sqlite"],
         [1, 2, 4, 8],
         40 if q else 1600,
         1 if q else 3,

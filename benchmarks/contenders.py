@@ -286,6 +286,23 @@ class Floor(Contender):
         os.close(self.lock_fd)
 
 
+class FloorSyncAfter(Floor):
+    """The floor with its fsync made after the lock's release: the bare group commit that the
+    durable ledger does (issue 12's prototype), for its durable N-process rows."""
+
+    name = "floor, fsync after the lock"
+
+    def append(self, events: list[ReceiptEvent]) -> int:
+        data = self.encode(events)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.write(self.fd, data)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        if self.durable:
+            os.fsync(self.fd)
+        self.seq += len(events)
+        return self.seq
+
+
 class BareFloor(Floor):
     """The floor with the JSON encoding taken out: the line is a template with the seq
     spliced in, so only ``flock`` and ``write`` are left."""
@@ -434,6 +451,7 @@ CONTENDERS: dict[str, type[Contender]] = {
     "ledger_v2": ChainedLedgerObject,
     "functions": LedgerFunctions,
     "floor": Floor,
+    "floor_after": FloorSyncAfter,
     "bare": BareFloor,
     "seed": Seed,
     "filelock": FileLockPerAppend,

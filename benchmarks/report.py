@@ -106,8 +106,8 @@ def render(results: dict[str, Any]) -> str:
     if "durable_contention" in results:
         out += ["## 4b. Durable appends, N processes, one ledger (group commit)", ""]
         out += ["| contender | processes | appends/s | vs fsync inside the lock | vs SQLite FULL "]
-        out[-1] += "| p99 µs | seqs exact |"
-        out += ["| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        out[-1] += "| vs the floor, fsync after the lock | p99 µs | seqs exact |"
+        out += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for name, by_procs in results["durable_contention"].items():
             for procs, r in by_procs.items():
                 vs = r["vs"]
@@ -115,7 +115,7 @@ def render(results: dict[str, Any]) -> str:
                 out.append(
                     f"| {CONTENDERS[name].name} | {procs} | {r['appends_per_s']:,.0f} "
                     f"| {vs.get('ledger_lockfsync', 1.0):.2f}x | {vs.get('sqlite', 1.0):.2f}x "
-                    f"| {r['p99']:.0f} | {exact} |"
+                    f"| {vs.get('floor_after', 1.0):.2f}x | {r['p99']:.0f} | {exact} |"
                 )
         out.append("")
 
@@ -301,11 +301,17 @@ def _issue12_targets(results: dict[str, Any]) -> list[tuple[str, bool]]:
         top = max(durable, key=int)
         # SQLite runs these with synchronous=FULL, as the durable table says.
         names = {"ledger_lockfsync": CONTENDERS["ledger_lockfsync"].name, "sqlite": "SQLite FULL"}
+        # What the bare design does against SQLite in the same repeats: the disk's share.
+        bare = results["durable_contention"].get("floor_after", {}).get(top)
         for other, goal in (("ledger_lockfsync", 1.8), ("sqlite", 4.0)):
             value = durable[top]["vs"][other]
+            said = ""
+            if other == "sqlite" and bare is not None:
+                said = f"; the floor with its fsync after the lock: {bare['vs']['sqlite']:.2f}x"
             checks.append(
                 (
-                    f"durable, {top} processes: {value:.2f}x {names[other]} (target >= {goal})",
+                    f"durable, {top} processes: {value:.2f}x {names[other]} "
+                    f"(target >= {goal}{said})",
                     value >= goal,
                 )
             )
