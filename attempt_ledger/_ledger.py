@@ -166,7 +166,11 @@ class AttemptLedger:
             except StaleLock:
                 lock.close()  # the lock file is no longer at its path: lock the one that is
             finally:
-                lock.release()
+                try:
+                    lock.release()
+                except BaseException:  # raised at its door (a signal's handler): again
+                    lock.release()
+                    raise
         if unsynced is None:
             return summary
         return self._await_sync(summary, unsynced, relock=True)  # durable: group commit
@@ -184,7 +188,11 @@ class AttemptLedger:
         try:
             return self._append_locked(batch, expected_last_seq)
         finally:
-            lock.release()
+            try:
+                lock.release()
+            except BaseException:  # raised at its door (a signal's handler): again
+                lock.release()
+                raise
 
     def _append_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None = None

@@ -107,7 +107,8 @@ class SidecarLock:
         self._make_parent = make_parent
         self._clock = clock
         self._sleep = sleep
-        # Reentrant only so that re-entry can be seen and refused (see _claim), not allowed.
+        # Reentrant only so that a re-entry (a signal handler appending) never waits for itself:
+        # it is refused (acquire, _claim), or served whole in the instant before _owner is set.
         self._mutex = threading.RLock()
         self._owner: int | None = None  # the thread inside acquire/release or the guard
         self._fd: int | None = None
@@ -132,18 +133,20 @@ class SidecarLock:
             it would wait for ever, through another object on the same lock file).
         :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
         """
+        me = get_ident()
+        if self._owner == me:  # only this thread sets its ident there, and clears it on release
+            raise LockReentered(self.path)
+        mutex = self._mutex
         if timeout is None or timeout >= _FOREVER:
             deadline = timeout = None
-            self._mutex.acquire()
         else:
             deadline = self._clock() + timeout
-            if not self._mutex.acquire(timeout=max(timeout, 0)):
-                raise LockTimeout(self.path, timeout)
-        if self._owner is not None:  # _claim(), inline: every append runs this
-            self._mutex.release()
-            raise LockReentered(self.path)
-        self._owner = get_ident()
         try:
+            if timeout is None:
+                mutex.acquire()
+            elif not mutex.acquire(timeout=max(timeout, 0)):
+                raise LockTimeout(self.path, timeout)
+            self._owner = me
             while True:
                 fd = self._fd if self._fd is not None else self._open()
                 if not self._try_lock(fd):
@@ -158,10 +161,12 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
-            # Unlocks too: a signal's handler raising (Ctrl-C) as a flock returns fails the
-            # acquire with the OS lock taken, which nobody would release: every other process
-            # would wait for it. (Unlocking a lock not taken does nothing.)
-            self.release()
+            # Lets go of what this call took: a signal's handler raising (Ctrl-C) just as the
+            # mutex or a flock is taken fails the acquire with it held, and every other thread
+            # or process would wait for it. (Unlocking a lock not taken does nothing.)
+            if mutex._is_owned():  # type: ignore[attr-defined]
+                self._owner = me
+                self.release()
             raise
 
     def _claim(self) -> None:
@@ -180,11 +185,15 @@ class SidecarLock:
         self._mutex.release()
 
     def release(self) -> None:
-        """Release the lock taken by :meth:`acquire`. Never raises.
+        """Release the lock taken by :meth:`acquire`. Never raises. A second call does nothing:
+        a caller whose call an exception stopped at the door (a signal's handler raising as it
+        was made) calls it again.
 
         If the OS refuses to unlock, the descriptor is closed instead, which releases the lock
         just as well; raising would report a failed append for records already written.
         """
+        if self._owner is None:
+            return
         try:
             if self._fd is not None:
                 try:
