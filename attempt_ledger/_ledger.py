@@ -157,20 +157,7 @@ class AttemptLedger:
             self._handles.head = (attempt, session_id, batch.head)
         if not batch.tails:
             return empty_append(path, self.last_seq(), expected_last_seq)
-        lock = self._lock
-        while True:
-            lock.acquire(self.lock_timeout)
-            try:
-                summary, unsynced = self._write_locked(batch, expected_last_seq)
-                break
-            except StaleLock:
-                lock.close()  # the lock file is no longer at its path: lock the one that is
-            finally:
-                try:
-                    lock.release()
-                except BaseException:  # raised at its door (a signal's handler): again
-                    lock.release()
-                    raise
+        summary, unsynced = self._under_lock(batch, expected_last_seq, self.lock_timeout)
         if unsynced is None:
             return summary
         return self._await_sync(summary, unsynced, relock=True)  # durable: group commit
@@ -180,25 +167,32 @@ class AttemptLedger:
     ) -> AppendSummary | None:
         """:meth:`append` of an encoded batch if the lock is free at once; ``None`` if it is
         held (asyncio's append then waits without blocking its loop)."""
-        lock = self._lock
         try:
-            lock.acquire(0)
+            return self._under_lock(batch, expected_last_seq, 0, fsync=True)[0]
         except LockTimeout:
             return None
-        try:
-            return self._append_locked(batch, expected_last_seq)
-        finally:
-            try:
-                lock.release()
-            except BaseException:  # raised at its door (a signal's handler): again
-                lock.release()
-                raise
 
-    def _append_locked(
-        self, batch: EncodedBatch, expected_last_seq: int | None = None
-    ) -> AppendSummary:
-        """Append ``batch`` with the lock held, fsyncing (in durable mode) before returning."""
-        return self._await_sync(*self._write_locked(batch, expected_last_seq), relock=False)
+    def _under_lock(
+        self, batch: EncodedBatch, expected: int | None, timeout: float | None, fsync: bool = False
+    ) -> tuple[AppendSummary, Unsynced | None]:
+        # Takes the lock (that of the lock file at the path, if ours was moved away with the run
+        # directory), writes the batch and, with fsync, waits for its fsync, then lets go.
+        lock = self._lock
+        while True:
+            lock.acquire(timeout)
+            try:
+                written = self._write_locked(batch, expected)
+                if fsync:  # asyncio's durable append: its thread's fsync, under the lock
+                    return self._await_sync(*written, relock=False), None
+                return written
+            except StaleLock:
+                lock.close()  # the lock file is no longer at its path: lock the one that is
+            finally:
+                try:
+                    lock.release()
+                except BaseException:  # a signal's handler raising as it was called
+                    lock.release_again()
+                    raise
 
     def _write_locked(
         self, batch: EncodedBatch, expected_last_seq: int | None
@@ -231,8 +225,7 @@ class AttemptLedger:
         size = stat.st_size
         known = handles.known
         if known is not None and known[0] == stat.st_ino and known[1] == size:
-            last_seq, last_hash = known[2], known[3]
-            seal = b""
+            last_seq, seal, last_hash = known[2], b"", known[3]
         else:
             last_seq, seal, last_hash = read_tail(self.path, fd, size)
         if expected_last_seq is not None and expected_last_seq != last_seq:

@@ -133,19 +133,17 @@ class SidecarLock:
             it would wait for ever, through another object on the same lock file).
         :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
         """
-        me = get_ident()
-        if self._owner == me:  # only this thread sets its ident there, and clears it on release
+        me, owner, mutex = get_ident(), self._owner, self._mutex
+        if owner is not None and owner == me:  # only this thread sets its own ident there
             raise LockReentered(self.path)
-        mutex = self._mutex
-        if timeout is None or timeout >= _FOREVER:
-            deadline = timeout = None
-        else:
-            deadline = self._clock() + timeout
         try:
-            if timeout is None:
+            if timeout is None or timeout >= _FOREVER:
+                deadline = timeout = None
                 mutex.acquire()
-            elif not mutex.acquire(timeout=max(timeout, 0)):
-                raise LockTimeout(self.path, timeout)
+            else:
+                deadline = self._clock() + timeout
+                if not mutex.acquire(timeout=max(timeout, 0)):
+                    raise LockTimeout(self.path, timeout)
             self._owner = me
             while True:
                 fd = self._fd if self._fd is not None else self._open()
@@ -185,15 +183,11 @@ class SidecarLock:
         self._mutex.release()
 
     def release(self) -> None:
-        """Release the lock taken by :meth:`acquire`. Never raises. A second call does nothing:
-        a caller whose call an exception stopped at the door (a signal's handler raising as it
-        was made) calls it again.
+        """Release the lock taken by :meth:`acquire`. Never raises.
 
         If the OS refuses to unlock, the descriptor is closed instead, which releases the lock
         just as well; raising would report a failed append for records already written.
         """
-        if self._owner is None:
-            return
         try:
             if self._fd is not None:
                 try:
@@ -206,6 +200,12 @@ class SidecarLock:
         finally:
             self._owner = None  # _exit(), inline: every append runs this
             self._mutex.release()
+
+    def release_again(self) -> None:
+        """:meth:`release` once more if the lock is still held: for a caller whose release an
+        exception stopped at the door (a signal's handler raising as it was called)."""
+        if self._owner is not None:
+            self.release()
 
     def __del__(self) -> None:
         if self._fd is not None:

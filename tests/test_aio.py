@@ -20,6 +20,7 @@ from attempt_ledger import (
     LockTimeout,
     ReceiptEvent,
     SeqConflict,
+    read_receipt_records,
 )
 from attempt_ledger.aio import AsyncAttemptLedger
 
@@ -304,6 +305,23 @@ async def test_a_hash_chained_async_ledger_writes_schema_2(root: Path) -> None:
         await ledger.append(1, "s", [ReceiptEvent("c")])  # continues the chain
     result = verify_receipt_ledger(ledger.path)
     assert (result.valid, result.hashed_record_count) == (True, 3)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("durable", [False, True])
+async def test_an_append_follows_the_path_after_the_run_directory_is_moved(
+    root: Path, durable: bool
+) -> None:
+    # As the blocking append does (test_hardening.py). It raised the library's internal
+    # StaleLock instead, and so did every append after it: the lock it kept was the moved one.
+    async with AsyncAttemptLedger(root, "run", "node", durable=durable) as ledger:
+        assert (await ledger.append(1, "s", EV)).seq == 1
+        moved = ledger.path.parent.with_name("run.old")
+        ledger.path.parent.rename(moved)  # the lock file goes along, still linked
+        assert (await ledger.append(1, "s", EV)).seq == 1
+        assert (await ledger.append(1, "s", EV)).seq == 2
+    assert [r.seq for r in read_receipt_records(moved / "node.jsonl")] == [1]
+    assert [r.seq for r in read_receipt_records(ledger.path)] == [1, 2]
 
 
 class _VirtualTime:

@@ -141,17 +141,8 @@ def test_durable_append_fsyncs_after_releasing_the_lock(
     assert lock_free == [True]
 
 
-def test_the_yield_is_the_oss() -> None:
-    assert _groupsync.yield_cpu is os.sched_yield
-
-
-@pytest.mark.parametrize("durable", [False, True])
-def test_a_durable_append_yields_the_cpu_between_the_release_and_the_fsync(
-    root: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
-) -> None:
-    # So that the writers the release woke write before the fsync, which then covers them.
-    ledger = AttemptLedger(root, "r", "n", durable=durable)
-    ledger.append(1, "s", EV)
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    # The ledger's fsyncs, the lock's releases and the yields, in the order they happen.
     steps: list[str] = []
     real_fsync, real_release = os.fsync, SidecarLock.release
 
@@ -166,31 +157,39 @@ def test_a_durable_append_yields_the_cpu_between_the_release_and_the_fsync(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(SidecarLock, "release", release)
     monkeypatch.setattr(_groupsync, "yield_cpu", lambda: steps.append("yield"))
+    return steps
+
+
+def test_the_yield_is_the_oss() -> None:
+    assert _groupsync.yield_cpu is os.sched_yield
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_durable_append_yields_the_cpu_between_the_release_and_the_fsync(
+    root: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # So that the writers the release woke write before the fsync, which then covers them.
+    ledger = AttemptLedger(root, "r", "n", durable=durable)
+    ledger.append(1, "s", EV)
+    steps = _record_steps(monkeypatch)
     assert ledger.append(1, "s", EV).seq == 2
     assert steps == (["release", "yield", "fsync"] if durable else ["release"])
 
 
-def test_append_locked_still_fsyncs_before_returning(
+def test_try_append_fsyncs_before_it_releases_the_lock(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The contract of _append_locked (callers that hold the lock): durable on return.
+    # asyncio's durable append (in an executor thread): durable before the lock is let go.
     ledger = AttemptLedger(root, "r", "n", durable=True)
     ledger.append(1, "s", EV)
-    calls: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
-    batch = ledger._handles.head
-    assert batch is not None
     from attempt_ledger._codec import encode_batch
 
     encoded = encode_batch(ledger.path, "r", "n", 1, "s", EV)
-    monkeypatch.setattr(_groupsync, "yield_cpu", lambda: calls.append(-1))
-    ledger._lock.acquire()
-    try:
-        assert ledger._append_locked(encoded).seq == 2
-        assert calls == [ledger._handles.fd]  # before the lock's release, and no yield to it
-    finally:
-        ledger._lock.release()
+    steps = _record_steps(monkeypatch)
+    summary = ledger._try_append(encoded)
+    assert summary is not None
+    assert summary.seq == 2
+    assert steps == ["fsync", "release"]  # and no yield to the lock
 
 
 def test_every_append_returns_after_an_fsync_that_began_after_its_write(
