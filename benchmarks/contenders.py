@@ -120,7 +120,7 @@ def pg_dsn(durable: bool) -> str:
 
 class LedgerFsyncInLock(LedgerObject):
     """``AttemptLedger`` in durable mode as it was before group commit: the fsync inside the
-    lock (what ``_append_locked``, for callers that hold the lock, still does)."""
+    lock (as asyncio's durable append, in its executor thread, still does)."""
 
     name = "attempt_ledger, fsync inside the lock"
 
@@ -130,11 +130,7 @@ class LedgerFsyncInLock(LedgerObject):
         ledger = self.ledger
         assert isinstance(ledger, AttemptLedger)
         batch = encode_batch(ledger.path, RUN, ledger.node_id, 1, "bench", events)
-        ledger._lock.acquire()
-        try:
-            return ledger._append_locked(batch).seq
-        finally:
-            ledger._lock.release()
+        return ledger._under_lock(batch, None, None, fsync=True)[0].seq
 
 
 class Postgres(LedgerObject):
