@@ -9,6 +9,7 @@ import fcntl
 import multiprocessing
 import os
 import pickle
+import signal
 import threading
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
@@ -190,6 +191,62 @@ def test_try_append_fsyncs_before_it_releases_the_lock(
     assert summary is not None
     assert summary.seq == 2
     assert steps == ["fsync", "release"]  # and no yield to the lock
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_signal_handler_appending_while_its_thread_fsyncs_is_served(
+    root: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    # A handler (SIGTERM writing a "cancelled" receipt, say) appending through the same durable
+    # ledger while the append it interrupted makes its fsync: the group commit's mutex is held
+    # further up the stack, and the handler's append waited for it for ever.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)  # creates the files: the fsyncs below are the ledger's only
+    real_fsync = os.fsync
+    fsyncs: list[int] = []
+    served: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if when == "after":
+            real_fsync(fd)
+        fsyncs.append(fd)
+        if len(fsyncs) == 1:
+            signal.raise_signal(signal.SIGUSR1)
+        if when == "before":
+            real_fsync(fd)
+
+    def handler(*_: object) -> None:
+        served.append(ledger.append(1, "h", EV).seq)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        outer = ledger.append(1, "s", EV)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (outer.seq, served) == (2, [3])
+    assert len(fsyncs) == 2  # the handler's own, after its write
+    assert [r.seq for r in ledger.records()] == [1, 2, 3]
+
+
+def test_an_fsync_made_in_the_middle_of_another_is_not_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The handler's fsync (above) ends before the one it interrupted: that one, ending last,
+    # must not set the synced mark back to what it covered.
+    sync = GroupSync(99)
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            sync.wait(sync.ticket())  # a handler's append, written after this fsync began
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync.wait(sync.ticket())
+    sync.wait(2)  # covered already
+    assert calls == [99, 99]
 
 
 def test_every_append_returns_after_an_fsync_that_began_after_its_write(
