@@ -812,6 +812,9 @@ def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> N
         def release(self) -> None:
             real.release()
 
+        def _is_owned(self) -> bool:
+            return bool(real._is_owned())  # type: ignore[attr-defined]
+
     lock._mutex = Recording()  # type: ignore[assignment]
     for timeout in (0, 0.5, -1.0):
         lock.acquire(timeout)
@@ -1056,6 +1059,132 @@ def test_an_interrupt_as_an_append_releases_the_lock_still_lets_it_go(
     other = AttemptLedger(tmp_path, "run", "node", lock_timeout=0)
     assert other.append(1, "t", [ReceiptEvent("b")]).seq == 2  # the OS lock was let go
     assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 3  # and the mutex
+
+
+def _other_thread_takes(lock: SidecarLock) -> list[object]:
+    # What another thread gets trying the lock once: None if it took (and let go of) it.
+    got: list[object] = []
+
+    def take() -> None:
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout as error:
+            got.append(error)
+        else:
+            lock.release()
+            got.append(None)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(timeout=30)
+    return got
+
+
+def test_an_interrupt_as_close_takes_the_mutex_leaves_it_to_the_other_threads(
+    tmp_path: Path,
+) -> None:
+    # close() takes the mutex through its context manager: Ctrl-C just as it was taken left it
+    # held by this thread (its own appends still got in), and every other thread's waited.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    ledger.append(1, "s", [ReceiptEvent("a")])
+    lock = ledger._lock
+    real = lock._mutex
+    lock._mutex = _InterruptedAsTaken(real)  # type: ignore[assignment]
+    previous = signal.signal(signal.SIGUSR1, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ledger.close()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    lock._mutex = real
+    assert _other_thread_takes(lock) == [None]
+    ledger.close()
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == 2
+
+
+def test_a_release_interrupted_after_letting_go_leaves_the_next_holder_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C lands once release() has let go, and another thread takes the lock before the
+    # append calls release_again(): that must not unlock the other's flock (another process
+    # would then write beside it) nor release a mutex this thread does not hold.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    lock = ledger._lock
+    real_release = SidecarLock.release
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        lock.acquire()
+        taken.set()
+        done.wait(timeout=30)
+        lock.release()
+
+    thread = threading.Thread(target=hold)
+
+    def release(self: SidecarLock) -> None:
+        real_release(self)
+        if not thread.is_alive() and threading.current_thread() is threading.main_thread():
+            thread.start()
+            taken.wait(timeout=30)
+            signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(SidecarLock, "release", release)
+    previous = signal.signal(signal.SIGUSR1, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ledger.append(1, "s", [ReceiptEvent("a")])
+        monkeypatch.undo()
+        with pytest.raises(LockTimeout):  # another process: the thread's flock still holds
+            AttemptLedger(tmp_path, "run", "node", lock_timeout=0).append(
+                1, "t", [ReceiptEvent("b")]
+            )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        done.set()
+        thread.join(timeout=30)
+    assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2
+
+
+def test_a_reentry_as_the_mutex_is_taken_is_refused_and_cannot_let_go_of_it(
+    tmp_path: Path,
+) -> None:
+    # A handler runs in the instant the append has the mutex but has not said so yet. Its own
+    # acquire, interrupted in turn before it took anything (a second Ctrl-C, which it caught),
+    # let go of the mutex the interrupted append holds: another thread then wrote beside it.
+    in_handler: list[bool] = []
+
+    def clock() -> float:
+        if in_handler == [True]:
+            in_handler.append(False)
+            raise KeyboardInterrupt  # the second Ctrl-C, as the handler's acquire starts
+        return time.monotonic()
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, clock=clock)
+    real = lock._mutex
+    lock._mutex = _InterruptedAsTaken(real)  # type: ignore[assignment]
+    refused: list[BaseException] = []
+
+    def handler(*_: object) -> None:
+        lock._mutex = real  # once
+        in_handler.append(True)
+        try:
+            lock.acquire(timeout=1.0)
+        except (LockReentered, KeyboardInterrupt) as error:
+            refused.append(error)
+        in_handler.clear()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        lock.acquire()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    try:
+        got = _other_thread_takes(lock)  # the mutex is still the append's
+        assert [type(error) for error in got] == [LockTimeout]
+        assert [type(error) for error in refused] == [LockReentered]
+    finally:
+        lock.release()
+    assert _other_thread_takes(lock) == [None]
 
 
 _EDGES = [0, 0.0, 1e-9, 1e9, math.inf, threading.TIMEOUT_MAX, pytest.param(10**400, id="10**400")]
