@@ -18,8 +18,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from threading import get_ident
 from typing import Any
@@ -111,7 +111,7 @@ class SidecarLock:
         # An RLock for its owner check: a re-entry (a signal handler appending) is refused
         # before it would wait for itself (_refuse_reentry); it is never taken twice.
         self._mutex = threading.RLock()
-        self._owner: int | None = None  # the thread inside acquire/release or the guard
+        self._owner: int | None = None  # the thread inside acquire/release
         self._fd: int | None = None
         self._ident: tuple[int, int] = (-1, -1)  # (st_dev, st_ino) of the file _fd is open on
         _live.add(self)
@@ -178,10 +178,6 @@ class SidecarLock:
             self._owner = get_ident()
             self.release()
 
-    def _exit(self) -> None:
-        self._owner = None
-        self._mutex.release()
-
     def release(self) -> None:
         """Release the lock taken by :meth:`acquire`. Never raises.
 
@@ -198,7 +194,7 @@ class SidecarLock:
                 except OSError:
                     self._close()
         finally:
-            self._owner = None  # _exit(), inline: every append runs this
+            self._owner = None
             self._mutex.release()
 
     def release_again(self) -> None:
@@ -212,27 +208,17 @@ class SidecarLock:
             os.close(self._fd)
 
     @property
-    def mutex(self) -> AbstractContextManager[None]:
+    def mutex(self) -> AbstractContextManager[bool]:
         """The thread mutex that :meth:`acquire` takes first, as a context manager; hold it to
         use state it guards.
 
-        :raises LockReentered: on entry, if this thread holds it already.
-        """
-        return self._guard()
+        It is the RLock itself, whose ``__enter__`` and ``__exit__`` are C: a Python one (a
+        generator's, or a class's) has points where a signal's handler raising (Ctrl-C) leaves
+        the mutex taken and nothing to let go of it, and every other thread's append waits.
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        mutex = self._refuse_reentry()
-        try:
-            mutex.acquire()
-            self._owner = get_ident()
-        except BaseException:  # a signal's handler raising as the mutex is taken
-            self._let_go(mutex)
-            raise
-        try:
-            yield
-        finally:
-            self._exit()
+        :raises LockReentered: if this thread holds it already.
+        """
+        return self._refuse_reentry()  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the lock file's descriptor (the mutex must be held); it is reopened on demand."""
