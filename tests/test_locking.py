@@ -1081,19 +1081,29 @@ def _other_thread_takes(lock: SidecarLock) -> list[object]:
 
 
 def _interrupt_at(n: int) -> Callable[[Any, str, Any], None]:
-    # A profile function raising KeyboardInterrupt at the n-th Python function entry or C
-    # call's return in the library: where CPython runs a signal's handler. One that raises is
-    # unset. (Not in a weakref callback, say, where the interrupt is lost.)
+    return _at_point(n)[0]
+
+
+def _at_point(
+    n: int, handler: Callable[[], None] | None = None
+) -> tuple[Callable[[Any, str, Any], None], list[int]]:
+    # A profile function that runs a handler at the n-th Python function entry or C call's
+    # return in the library, where CPython runs a signal's handler: by default one raising
+    # KeyboardInterrupt (a profile function that raises is unset). Not in a weakref callback,
+    # say, where the interrupt would be lost. Also returns the points seen so far.
     seen: list[int] = []
     package = os.path.dirname(_locking.__file__)
 
-    def profile(frame: Any, event: str, __: Any) -> None:
+    def profile(frame: Any, event: str, _: Any) -> None:
         if event in ("call", "c_return") and frame.f_code.co_filename.startswith(package):
             seen.append(1)
             if len(seen) == n:
-                raise KeyboardInterrupt
+                if handler is None:
+                    raise KeyboardInterrupt
+                sys.setprofile(None)
+                handler()
 
-    return profile
+    return profile, seen
 
 
 @pytest.mark.parametrize("durable", [False, True])
@@ -1154,6 +1164,47 @@ def test_an_interrupt_at_any_point_of_an_append_leaves_nothing_held(
             break  # the append ran whole twice: every point was tried
     assert n > 10
     assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == len(seqs) + 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("via", ["the same ledger", "another", "another, with a timeout"])
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_handler_appending_at_any_point_of_an_append(
+    tmp_path: Path, durable: bool, via: str
+) -> None:
+    # A handler appending (the same file, through the same ledger object or another) at every
+    # point of an append where CPython runs one, in turn: it is served, or refused as a
+    # re-entry (a timeout, through another object), never waits for itself; the interrupted
+    # append finishes whole.
+    ledger = AttemptLedger(tmp_path, "run", "node", durable=durable)
+    timeout = 0.01 if via == "another, with a timeout" else None
+    target = ledger
+    if via != "the same ledger":
+        target = AttemptLedger(tmp_path, "run", "node", durable=durable, lock_timeout=timeout)
+    refusal = LockTimeout if timeout else LockReentered
+    outcomes: set[str] = set()
+    for n in range(1, 500):
+        served: list[int] = []
+
+        def handler(served: list[int] = served) -> None:
+            try:
+                served.append(target.append(9, "h", [ReceiptEvent("h")]).seq)
+                outcomes.add("served")
+            except refusal:
+                outcomes.add("refused")
+
+        profile, seen = _at_point(n, handler)
+        sys.setprofile(profile)
+        try:
+            summary = ledger.append(1, "s", [ReceiptEvent("a")])
+        finally:
+            sys.setprofile(None)
+        seqs = [r.seq for r in ledger.records()]
+        assert seqs == list(range(1, len(seqs) + 1)), n
+        assert {summary.seq, *served} <= set(seqs)
+        if len(seen) < n:
+            break  # the append ran whole: every point was tried
+    assert outcomes == {"served", "refused"}
 
 
 def test_a_release_interrupted_after_letting_go_leaves_the_next_holder_alone(
