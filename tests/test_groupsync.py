@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import stat
+import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
@@ -31,6 +33,8 @@ from attempt_ledger._groupsync import GroupSync, unknown_durability
 from attempt_ledger._locking import SidecarLock
 from attempt_ledger._reader import iter_records
 from attempt_ledger._records import AppendSummary
+
+from ._interrupts import interrupt_at
 
 JOIN = 60
 EV = [ReceiptEvent("e", {"k": "v"})]
@@ -247,6 +251,69 @@ def test_an_fsync_made_in_the_middle_of_another_is_not_forgotten(
     sync.wait(sync.ticket())
     sync.wait(2)  # covered already
     assert calls == [99, 99]
+
+
+def test_an_interrupt_at_any_point_of_the_first_durable_append_leaves_the_next_durable(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal's handler raising as the ledger was opened (as its group commit was made, or
+    # its directories fsynced) left the descriptor open without them: every later append was
+    # acknowledged without an fsync, and the new directory entries never synced.
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(target + ("/" if stat.S_ISDIR(os.fstat(fd).st_mode) else ""))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for n in range(1, 300):
+        ledger = AttemptLedger(root / str(n), "r", "n", durable=True)
+        synced.clear()
+        sys.setprofile(interrupt_at(n))
+        try:
+            ledger.append(1, "s", EV)
+            whole = True
+        except KeyboardInterrupt:
+            whole = False
+        finally:
+            sys.setprofile(None)
+        before = len(synced)
+        assert ledger.append(1, "s", EV).seq == (2 if whole else ledger.last_seq())
+        assert str(ledger.path) in synced[before:], n  # the second append's own fsync
+        for made in (ledger.path, ledger.path.parent, root / str(n)):
+            assert f"{made.parent}/" in synced, (n, made)  # every new entry, by one of them
+        ledger.close()
+        if whole:
+            break
+    assert n > 10
+
+
+def test_an_interrupt_at_any_point_of_a_durable_close_leaves_no_fsync_of_a_closed_descriptor(
+    root: Path,
+) -> None:
+    # A close() interrupted between dropping the group commit and closing it left it with the
+    # descriptor the next close() closed: an append still waiting for its fsync then synced a
+    # closed descriptor (EBADF, reported as unknown durability), or whatever file reused it.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    made: list[GroupSync] = []
+    for n in range(1, 300):
+        ledger.append(1, "s", EV)
+        made.append(ledger._handles.sync)  # type: ignore[arg-type]
+        sys.setprofile(interrupt_at(n))
+        try:
+            ledger.close()
+            whole = True
+        except KeyboardInterrupt:
+            whole = False
+        finally:
+            sys.setprofile(None)
+        ledger.close()
+        assert [sync._fd for sync in made] == [None] * len(made), n
+        if whole:
+            break
+    assert n > 3
 
 
 def test_every_append_returns_after_an_fsync_that_began_after_its_write(

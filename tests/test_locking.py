@@ -39,6 +39,7 @@ from attempt_ledger._locking import SidecarLock, check_timeout
 from attempt_ledger.aio import AsyncAttemptLedger
 
 from . import _workers
+from ._interrupts import at_point, interrupt_at
 
 
 def make_lock(tmp_path: Path) -> SidecarLock:
@@ -1080,32 +1081,6 @@ def _other_thread_takes(lock: SidecarLock) -> list[object]:
     return got
 
 
-def _interrupt_at(n: int) -> Callable[[Any, str, Any], None]:
-    return _at_point(n)[0]
-
-
-def _at_point(
-    n: int, handler: Callable[[], None] | None = None
-) -> tuple[Callable[[Any, str, Any], None], list[int]]:
-    # A profile function that runs a handler at the n-th Python function entry or C call's
-    # return in the library, where CPython runs a signal's handler: by default one raising
-    # KeyboardInterrupt (a profile function that raises is unset). Not in a weakref callback,
-    # say, where the interrupt would be lost. Also returns the points seen so far.
-    seen: list[int] = []
-    package = os.path.dirname(_locking.__file__)
-
-    def profile(frame: Any, event: str, _: Any) -> None:
-        if event in ("call", "c_return") and frame.f_code.co_filename.startswith(package):
-            seen.append(1)
-            if len(seen) == n:
-                if handler is None:
-                    raise KeyboardInterrupt
-                sys.setprofile(None)
-                handler()
-
-    return profile, seen
-
-
 @pytest.mark.parametrize("durable", [False, True])
 def test_an_interrupt_at_any_point_of_close_leaves_the_lock_to_the_other_threads(
     tmp_path: Path, durable: bool
@@ -1117,7 +1092,7 @@ def test_an_interrupt_at_any_point_of_close_leaves_the_lock_to_the_other_threads
     for n in range(1, 200):
         ledger.append(1, "s", [ReceiptEvent("a")])
         caught: list[BaseException] = []
-        sys.setprofile(_interrupt_at(n))
+        sys.setprofile(interrupt_at(n))
         try:
             ledger.close()
         except KeyboardInterrupt as error:
@@ -1143,7 +1118,7 @@ def test_an_interrupt_at_any_point_of_an_append_leaves_nothing_held(
     batch = encode_batch(ledger.path, "run", "node", 1, "s", [ReceiptEvent("a")])
     acked: list[int] = []
     for n in range(1, 500):
-        sys.setprofile(_interrupt_at(n))
+        sys.setprofile(interrupt_at(n))
         try:
             if entry == "asyncio's try":
                 summary = ledger._try_append(batch)
@@ -1193,7 +1168,7 @@ def test_a_handler_appending_at_any_point_of_an_append(
             except refusal:
                 outcomes.add("refused")
 
-        profile, seen = _at_point(n, handler)
+        profile, seen = at_point(n, handler)
         sys.setprofile(profile)
         try:
             summary = ledger.append(1, "s", [ReceiptEvent("a")])
