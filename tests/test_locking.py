@@ -1642,3 +1642,15 @@ def test_a_lock_file_replaced_while_a_waiter_naps_is_waited_for_at_the_path(
     finally:
         ledger._lock.release()
     ledger.close()
+
+
+def test_release_again_on_a_lock_never_taken_or_let_go_does_nothing(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    lock.release_again()
+    lock.release_again()
+    lock.acquire(timeout=0)
+    lock.release()
+    lock.release_again()
+    lock.release_again()
+    assert _other_thread_takes(lock) == [None]
+    assert _other_thread_takes(make_lock(tmp_path)) == [None]
