@@ -56,7 +56,10 @@ class GroupSync:
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
-        self._mutex = threading.Lock()
+        # Reentrant: a signal's handler appending through the same ledger while this thread
+        # waits for (or makes) an fsync would otherwise wait for itself for ever; it makes its
+        # own fsync, after its write.
+        self._mutex = threading.RLock()
         self._written = 0  # tickets handed out
         self._synced = 0  # every ticket up to this one is durable, unless in _failed
         # (after, upto, error): the tickets in after+1..upto an fsync failed for.
@@ -103,7 +106,8 @@ class GroupSync:
             else:
                 self._failed.append((self._synced, upto, error))
             return
-        self._synced = upto
+        # max: a handler's fsync, made in the middle of this one, may have covered more.
+        self._synced = max(self._synced, upto)
 
     def close(self) -> None:
         """Sync what is unsynced (errors go to the waiters), then stop using the descriptor."""
@@ -113,7 +117,7 @@ class GroupSync:
             self._fd = None
 
     def _forget_parent(self) -> None:
-        self._mutex = threading.Lock()
+        self._mutex = threading.RLock()
         self._fd = None
         self.inherited = True
 

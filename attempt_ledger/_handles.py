@@ -57,23 +57,32 @@ class Handles:
         :raises LedgerIOError: naming ``path``, if it cannot be opened or its entries synced.
         """
         handles = self
-        created = False
         try:
             fd, stat = open_regular(os.fspath(path), _OPEN_FLAGS, "open the ledger")
         except FileNotFoundError:
-            fd, stat = open_regular(os.fspath(path), _OPEN_FLAGS | os.O_CREAT, "open the ledger")
-            created = True
-        handles.fd, handles.dev, handles.ino = fd, stat.st_dev, stat.st_ino
-        if durable:
-            handles.sync = GroupSync(fd)
-        if created:
-            handles.new_dirs.append(path)
+            _note(handles, path)  # before it is made, as in make_run_dir
+            try:
+                fd, stat = open_regular(
+                    os.fspath(path), _OPEN_FLAGS | os.O_CREAT, "open the ledger"
+                )
+            except BaseException:
+                _unnote_unmade(handles, path)
+                raise
+        try:
+            sync = GroupSync(fd) if durable else None
+        except BaseException:  # a signal's handler raising: not published without its fsyncs
+            os.close(fd)
+            raise
+        # One assignment, no call: an interrupt cannot publish the descriptor without its sync.
+        handles.fd, handles.dev, handles.ino, handles.sync = fd, stat.st_dev, stat.st_ino, sync
         if durable:
             try:
                 for made in reversed(handles.new_dirs):  # a new entry is in its parent
                     fsync_dir(made.parent)
-            except OSError as error:
+            except BaseException as error:  # a signal's handler raising too
                 handles.close()  # the next append opens, and fsyncs them, again
+                if not isinstance(error, OSError):
+                    raise
                 raise LedgerIOError.wrap(path, "open the ledger", error) from error
         handles.new_dirs = []
         return fd, stat
@@ -81,8 +90,11 @@ class Handles:
     def close(self) -> None:
         self.known = None
         if self.sync is not None:
-            sync, self.sync = self.sync, None
-            sync.close()  # before fd: appends waiting for an fsync of it get theirs
+            # Before fd, so that appends waiting for an fsync of it get theirs; and before it
+            # is dropped, so that one interrupted (a signal's handler raising) is closed by the
+            # next close(), not left to fsync a closed descriptor, or another file's.
+            self.sync.close()
+            self.sync = None
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
@@ -105,18 +117,26 @@ def make_run_dir(run_dir: Path, handles: Handles) -> None:
     missing = [run_dir]
     try:
         while missing:
+            # Noted before it is made: a signal's handler raising just after the mkdir must not
+            # leave a new entry no fsync will cover (the next append finds the directory).
+            _note(handles, missing[-1])
             try:
                 os.mkdir(missing[-1])
             except FileNotFoundError:
+                handles.new_dirs.remove(missing[-1])  # not made
                 if missing[-1].parent == missing[-1]:
                     raise
                 missing.append(missing[-1].parent)
                 continue
             except FileExistsError:
                 if not missing[-1].is_dir():
+                    handles.new_dirs.remove(missing[-1])  # not a directory, nor ours
                     raise
                 # Made by another process just now: its entry may not be durable yet either.
-            handles.new_dirs.append(missing.pop())
+            except BaseException:
+                _unnote_unmade(handles, missing[-1])
+                raise
+            missing.pop()
     except (FileExistsError, NotADirectoryError, FileNotFoundError) as error:
         # Name the file that stands where a directory should be, not just the symptom.
         for path in (run_dir, *run_dir.parents):
@@ -128,6 +148,20 @@ def make_run_dir(run_dir: Path, handles: Handles) -> None:
         raise _cannot_make(run_dir, missing, error) from error
     except OSError as error:
         raise _cannot_make(run_dir, missing, error) from error
+
+
+def _note(handles: Handles, made: Path) -> None:
+    # A path about to be made, whose entry durable mode fsyncs into its parent: once, however
+    # often making it fails.
+    if made not in handles.new_dirs:
+        handles.new_dirs.append(made)
+
+
+def _unnote_unmade(handles: Handles, made: Path) -> None:
+    # Making it failed: forget it unless it was made all the same (a signal's handler raising
+    # just after, say).
+    if not os.path.lexists(made):
+        handles.new_dirs.remove(made)
 
 
 def _cannot_make(run_dir: Path, missing: list[Path], error: OSError) -> LedgerIOError:

@@ -18,10 +18,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from threading import get_ident
+from typing import Any
 
 from filelock import lock_descriptor, unlock_descriptor
 
@@ -107,10 +108,10 @@ class SidecarLock:
         self._make_parent = make_parent
         self._clock = clock
         self._sleep = sleep
-        # Reentrant only so that a re-entry (a signal handler appending) never waits for itself:
-        # it is refused (acquire, _claim), or served whole in the instant before _owner is set.
+        # An RLock for its owner check: a re-entry (a signal handler appending) is refused
+        # before it would wait for itself (_refuse_reentry); it is never taken twice.
         self._mutex = threading.RLock()
-        self._owner: int | None = None  # the thread inside acquire/release or the guard
+        self._owner: int | None = None  # the thread inside acquire/release
         self._fd: int | None = None
         self._ident: tuple[int, int] = (-1, -1)  # (st_dev, st_ino) of the file _fd is open on
         _live.add(self)
@@ -133,9 +134,7 @@ class SidecarLock:
             it would wait for ever, through another object on the same lock file).
         :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
         """
-        me, owner, mutex = get_ident(), self._owner, self._mutex
-        if owner is not None and owner == me:  # only this thread sets its own ident there
-            raise LockReentered(self.path)
+        mutex = self._refuse_reentry()
         try:
             if timeout is None or timeout >= _FOREVER:
                 deadline = timeout = None
@@ -144,7 +143,7 @@ class SidecarLock:
                 deadline = self._clock() + timeout
                 if not mutex.acquire(timeout=max(timeout, 0)):
                     raise LockTimeout(self.path, timeout)
-            self._owner = me
+            self._owner = get_ident()
             while True:
                 fd = self._fd if self._fd is not None else self._open()
                 if not self._try_lock(fd):
@@ -159,28 +158,25 @@ class SidecarLock:
                 # excludes nobody who opens the path now. Closing also releases it.
                 self._close()
         except BaseException:
-            # Lets go of what this call took: a signal's handler raising (Ctrl-C) just as the
-            # mutex or a flock is taken fails the acquire with it held, and every other thread
-            # or process would wait for it. (Unlocking a lock not taken does nothing.)
-            if mutex._is_owned():  # type: ignore[attr-defined]
-                self._owner = me
-                self.release()
+            self._let_go(mutex)
             raise
 
-    def _claim(self) -> None:
-        # The mutex is an RLock only so that its holder's re-entry (a signal handler appending
-        # in the middle of an append) gets in to be refused here, where a Lock would make it
-        # wait for itself for ever. A handler that runs between taking the RLock and setting
-        # _owner (or between clearing it and releasing) runs a whole append while the
-        # interrupted one does nothing: serial, as it must be.
-        if self._owner is not None:
-            self._mutex.release()
+    def _refuse_reentry(self) -> Any:
+        # The thread that holds the mutex (even in the instant before _owner says so) is in an
+        # append, or close(), further up its stack: a signal's handler or a callback.
+        mutex: Any = self._mutex  # _is_owned: RLock's, not in its stubs
+        if mutex._is_owned():
             raise LockReentered(self.path)
-        self._owner = get_ident()
+        return mutex
 
-    def _exit(self) -> None:
-        self._owner = None
-        self._mutex.release()
+    def _let_go(self, mutex: Any) -> None:
+        # Lets go of what a failed acquire took: a signal's handler raising (Ctrl-C) just as the
+        # mutex or a flock is taken fails it with them held, and every other thread or process
+        # would wait for them. The mutex is this call's: it was not held before (unlocking a
+        # lock not taken does nothing).
+        if mutex._is_owned():
+            self._owner = get_ident()
+            self.release()
 
     def release(self) -> None:
         """Release the lock taken by :meth:`acquire`. Never raises.
@@ -198,13 +194,13 @@ class SidecarLock:
                 except OSError:
                     self._close()
         finally:
-            self._owner = None  # _exit(), inline: every append runs this
+            self._owner = None
             self._mutex.release()
 
     def release_again(self) -> None:
         """:meth:`release` once more if the lock is still held: for a caller whose release an
         exception stopped at the door (a signal's handler raising as it was called)."""
-        if self._owner is not None:
+        if self._owner == get_ident():  # not another thread's, taken since the release
             self.release()
 
     def __del__(self) -> None:
@@ -212,22 +208,17 @@ class SidecarLock:
             os.close(self._fd)
 
     @property
-    def mutex(self) -> AbstractContextManager[None]:
+    def mutex(self) -> AbstractContextManager[bool]:
         """The thread mutex that :meth:`acquire` takes first, as a context manager; hold it to
         use state it guards.
 
-        :raises LockReentered: on entry, if this thread holds it already.
-        """
-        return self._guard()
+        It is the RLock itself, whose ``__enter__`` and ``__exit__`` are C: a Python one (a
+        generator's, or a class's) has points where a signal's handler raising (Ctrl-C) leaves
+        the mutex taken and nothing to let go of it, and every other thread's append waits.
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        self._mutex.acquire()
-        self._claim()
-        try:
-            yield
-        finally:
-            self._exit()
+        :raises LockReentered: if this thread holds it already.
+        """
+        return self._refuse_reentry()  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Close the lock file's descriptor (the mutex must be held); it is reopened on demand."""

@@ -9,6 +9,9 @@ import fcntl
 import multiprocessing
 import os
 import pickle
+import signal
+import stat
+import sys
 import threading
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
@@ -30,6 +33,8 @@ from attempt_ledger._groupsync import GroupSync, unknown_durability
 from attempt_ledger._locking import SidecarLock
 from attempt_ledger._reader import iter_records
 from attempt_ledger._records import AppendSummary
+
+from ._interrupts import interrupt_at
 
 JOIN = 60
 EV = [ReceiptEvent("e", {"k": "v"})]
@@ -190,6 +195,125 @@ def test_try_append_fsyncs_before_it_releases_the_lock(
     assert summary is not None
     assert summary.seq == 2
     assert steps == ["fsync", "release"]  # and no yield to the lock
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_signal_handler_appending_while_its_thread_fsyncs_is_served(
+    root: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    # A handler (SIGTERM writing a "cancelled" receipt, say) appending through the same durable
+    # ledger while the append it interrupted makes its fsync: the group commit's mutex is held
+    # further up the stack, and the handler's append waited for it for ever.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    ledger.append(1, "s", EV)  # creates the files: the fsyncs below are the ledger's only
+    real_fsync = os.fsync
+    fsyncs: list[int] = []
+    served: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if when == "after":
+            real_fsync(fd)
+        fsyncs.append(fd)
+        if len(fsyncs) == 1:
+            signal.raise_signal(signal.SIGUSR1)
+        if when == "before":
+            real_fsync(fd)
+
+    def handler(*_: object) -> None:
+        served.append(ledger.append(1, "h", EV).seq)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        outer = ledger.append(1, "s", EV)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (outer.seq, served) == (2, [3])
+    assert len(fsyncs) == 2  # the handler's own, after its write
+    assert [r.seq for r in ledger.records()] == [1, 2, 3]
+
+
+def test_an_fsync_made_in_the_middle_of_another_is_not_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The handler's fsync (above) ends before the one it interrupted: that one, ending last,
+    # must not set the synced mark back to what it covered.
+    sync = GroupSync(99)
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            sync.wait(sync.ticket())  # a handler's append, written after this fsync began
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sync.wait(sync.ticket())
+    sync.wait(2)  # covered already
+    assert calls == [99, 99]
+
+
+def test_an_interrupt_at_any_point_of_the_first_durable_append_leaves_the_next_durable(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal's handler raising as the ledger was opened (as its group commit was made, or
+    # its directories fsynced) left the descriptor open without them: every later append was
+    # acknowledged without an fsync, and the new directory entries never synced.
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(target + ("/" if stat.S_ISDIR(os.fstat(fd).st_mode) else ""))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for n in range(1, 300):
+        ledger = AttemptLedger(root / str(n), "r", "n", durable=True)
+        synced.clear()
+        sys.setprofile(interrupt_at(n))
+        try:
+            ledger.append(1, "s", EV)
+            whole = True
+        except KeyboardInterrupt:
+            whole = False
+        finally:
+            sys.setprofile(None)
+        before = len(synced)
+        assert ledger.append(1, "s", EV).seq == (2 if whole else ledger.last_seq())
+        assert str(ledger.path) in synced[before:], n  # the second append's own fsync
+        for made in (ledger.path, ledger.path.parent, root / str(n)):
+            assert f"{made.parent}/" in synced, (n, made)  # every new entry, by one of them
+        ledger.close()
+        if whole:
+            break
+    assert n > 10
+
+
+def test_an_interrupt_at_any_point_of_a_durable_close_leaves_no_fsync_of_a_closed_descriptor(
+    root: Path,
+) -> None:
+    # A close() interrupted between dropping the group commit and closing it left it with the
+    # descriptor the next close() closed: an append still waiting for its fsync then synced a
+    # closed descriptor (EBADF, reported as unknown durability), or whatever file reused it.
+    ledger = AttemptLedger(root, "r", "n", durable=True)
+    made: list[GroupSync] = []
+    for n in range(1, 300):
+        ledger.append(1, "s", EV)
+        made.append(ledger._handles.sync)  # type: ignore[arg-type]
+        sys.setprofile(interrupt_at(n))
+        try:
+            ledger.close()
+            whole = True
+        except KeyboardInterrupt:
+            whole = False
+        finally:
+            sys.setprofile(None)
+        ledger.close()
+        assert [sync._fd for sync in made] == [None] * len(made), n
+        if whole:
+            break
+    assert n > 3
 
 
 def test_every_append_returns_after_an_fsync_that_began_after_its_write(

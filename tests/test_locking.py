@@ -39,6 +39,7 @@ from attempt_ledger._locking import SidecarLock, check_timeout
 from attempt_ledger.aio import AsyncAttemptLedger
 
 from . import _workers
+from ._interrupts import at_point, interrupt_at
 
 
 def make_lock(tmp_path: Path) -> SidecarLock:
@@ -812,6 +813,9 @@ def test_a_timeout_bounds_the_wait_for_the_thread_mutex_too(tmp_path: Path) -> N
         def release(self) -> None:
             real.release()
 
+        def _is_owned(self) -> bool:
+            return bool(real._is_owned())  # type: ignore[attr-defined]
+
     lock._mutex = Recording()  # type: ignore[assignment]
     for timeout in (0, 0.5, -1.0):
         lock.acquire(timeout)
@@ -1056,6 +1060,211 @@ def test_an_interrupt_as_an_append_releases_the_lock_still_lets_it_go(
     other = AttemptLedger(tmp_path, "run", "node", lock_timeout=0)
     assert other.append(1, "t", [ReceiptEvent("b")]).seq == 2  # the OS lock was let go
     assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 3  # and the mutex
+
+
+def _other_thread_takes(lock: SidecarLock) -> list[object]:
+    # What another thread gets trying the lock once: None if it took (and let go of) it.
+    got: list[object] = []
+
+    def take() -> None:
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout as error:
+            got.append(error)
+        else:
+            lock.release()
+            got.append(None)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(timeout=30)
+    return got
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_an_interrupt_at_any_point_of_close_leaves_the_lock_to_the_other_threads(
+    tmp_path: Path, durable: bool
+) -> None:
+    # Found by a storm of raising handlers: close() took the mutex in a generator's context
+    # manager, and an interrupt at next()'s return left it held, the generator suspended, while
+    # the caller kept the KeyboardInterrupt (as a handler that logs or re-raises it does).
+    ledger = AttemptLedger(tmp_path, "run", "node", durable=durable)
+    for n in range(1, 200):
+        ledger.append(1, "s", [ReceiptEvent("a")])
+        caught: list[BaseException] = []
+        sys.setprofile(interrupt_at(n))
+        try:
+            ledger.close()
+        except KeyboardInterrupt as error:
+            caught.append(error)
+        finally:
+            sys.setprofile(None)
+        assert _other_thread_takes(ledger._lock) == [None], n
+        if not caught:
+            break  # close() ran whole: every point was tried
+    assert n > 5
+    assert [r.seq for r in ledger.records()] == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize("entry", ["append", "durable append", "asyncio's try"])
+def test_an_interrupt_at_any_point_of_an_append_leaves_nothing_held(
+    tmp_path: Path, entry: str
+) -> None:
+    # Every point of an append where a signal's handler can raise, one after the other: after
+    # each, another thread and another process (a lock object of its own) take the lock at
+    # once, the seqs are 1..N, and every append that returned is in the file.
+    ledger = AttemptLedger(tmp_path, "run", "node", durable=entry == "durable append")
+    other_process = SidecarLock(ledger.lock_path, make_parent=lambda: None)
+    batch = encode_batch(ledger.path, "run", "node", 1, "s", [ReceiptEvent("a")])
+    acked: list[int] = []
+    for n in range(1, 500):
+        sys.setprofile(interrupt_at(n))
+        try:
+            if entry == "asyncio's try":
+                summary = ledger._try_append(batch)
+            else:
+                summary = ledger.append(1, "s", [ReceiptEvent("a")])
+        except KeyboardInterrupt:
+            summary = None
+        finally:
+            sys.setprofile(None)
+        if summary is not None:
+            acked.append(summary.seq)
+        assert _other_thread_takes(ledger._lock) == [None], n
+        assert _other_thread_takes(other_process) == [None], n
+        seqs = [r.seq for r in ledger.records()]
+        assert seqs == list(range(1, len(seqs) + 1)), n
+        assert set(acked) <= set(seqs), n
+        if n > 1 and len(acked) == 2:
+            break  # the append ran whole twice: every point was tried
+    assert n > 10
+    assert ledger.append(1, "s", [ReceiptEvent("b")]).seq == len(seqs) + 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("via", ["the same ledger", "another", "another, with a timeout"])
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_handler_appending_at_any_point_of_an_append(
+    tmp_path: Path, durable: bool, via: str
+) -> None:
+    # A handler appending (the same file, through the same ledger object or another) at every
+    # point of an append where CPython runs one, in turn: it is served, or refused as a
+    # re-entry (a timeout, through another object), never waits for itself; the interrupted
+    # append finishes whole.
+    ledger = AttemptLedger(tmp_path, "run", "node", durable=durable)
+    timeout = 0.01 if via == "another, with a timeout" else None
+    target = ledger
+    if via != "the same ledger":
+        target = AttemptLedger(tmp_path, "run", "node", durable=durable, lock_timeout=timeout)
+    refusal = LockTimeout if timeout else LockReentered
+    outcomes: set[str] = set()
+    for n in range(1, 500):
+        served: list[int] = []
+
+        def handler(served: list[int] = served) -> None:
+            try:
+                served.append(target.append(9, "h", [ReceiptEvent("h")]).seq)
+                outcomes.add("served")
+            except refusal:
+                outcomes.add("refused")
+
+        profile, seen = at_point(n, handler)
+        sys.setprofile(profile)
+        try:
+            summary = ledger.append(1, "s", [ReceiptEvent("a")])
+        finally:
+            sys.setprofile(None)
+        seqs = [r.seq for r in ledger.records()]
+        assert seqs == list(range(1, len(seqs) + 1)), n
+        assert {summary.seq, *served} <= set(seqs)
+        if len(seen) < n:
+            break  # the append ran whole: every point was tried
+    assert outcomes == {"served", "refused"}
+
+
+def test_a_release_interrupted_after_letting_go_leaves_the_next_holder_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C lands once release() has let go, and another thread takes the lock before the
+    # append calls release_again(): that must not unlock the other's flock (another process
+    # would then write beside it) nor release a mutex this thread does not hold.
+    ledger = AttemptLedger(tmp_path, "run", "node")
+    lock = ledger._lock
+    real_release = SidecarLock.release
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        lock.acquire()
+        taken.set()
+        done.wait(timeout=30)
+        lock.release()
+
+    thread = threading.Thread(target=hold)
+
+    def release(self: SidecarLock) -> None:
+        real_release(self)
+        if not thread.is_alive() and threading.current_thread() is threading.main_thread():
+            thread.start()
+            taken.wait(timeout=30)
+            signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(SidecarLock, "release", release)
+    previous = signal.signal(signal.SIGUSR1, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ledger.append(1, "s", [ReceiptEvent("a")])
+        monkeypatch.undo()
+        with pytest.raises(LockTimeout):  # another process: the thread's flock still holds
+            AttemptLedger(tmp_path, "run", "node", lock_timeout=0).append(
+                1, "t", [ReceiptEvent("b")]
+            )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        done.set()
+        thread.join(timeout=30)
+    assert ledger.append(1, "s", [ReceiptEvent("c")]).seq == 2
+
+
+def test_a_reentry_as_the_mutex_is_taken_is_refused_and_cannot_let_go_of_it(
+    tmp_path: Path,
+) -> None:
+    # A handler runs in the instant the append has the mutex but has not said so yet. Its own
+    # acquire, interrupted in turn before it took anything (a second Ctrl-C, which it caught),
+    # let go of the mutex the interrupted append holds: another thread then wrote beside it.
+    in_handler: list[bool] = []
+
+    def clock() -> float:
+        if in_handler == [True]:
+            in_handler.append(False)
+            raise KeyboardInterrupt  # the second Ctrl-C, as the handler's acquire starts
+        return time.monotonic()
+
+    lock = SidecarLock(tmp_path / "x.lock", make_parent=lambda: None, clock=clock)
+    real = lock._mutex
+    lock._mutex = _InterruptedAsTaken(real)  # type: ignore[assignment]
+    refused: list[BaseException] = []
+
+    def handler(*_: object) -> None:
+        lock._mutex = real  # once
+        in_handler.append(True)
+        try:
+            lock.acquire(timeout=1.0)
+        except (LockReentered, KeyboardInterrupt) as error:
+            refused.append(error)
+        in_handler.clear()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        lock.acquire()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    try:
+        got = _other_thread_takes(lock)  # the mutex is still the append's
+        assert [type(error) for error in got] == [LockTimeout]
+        assert [type(error) for error in refused] == [LockReentered]
+    finally:
+        lock.release()
+    assert _other_thread_takes(lock) == [None]
 
 
 _EDGES = [0, 0.0, 1e-9, 1e9, math.inf, threading.TIMEOUT_MAX, pytest.param(10**400, id="10**400")]
@@ -1433,3 +1642,15 @@ def test_a_lock_file_replaced_while_a_waiter_naps_is_waited_for_at_the_path(
     finally:
         ledger._lock.release()
     ledger.close()
+
+
+def test_release_again_on_a_lock_never_taken_or_let_go_does_nothing(tmp_path: Path) -> None:
+    lock = make_lock(tmp_path)
+    lock.release_again()
+    lock.release_again()
+    lock.acquire(timeout=0)
+    lock.release()
+    lock.release_again()
+    lock.release_again()
+    assert _other_thread_takes(lock) == [None]
+    assert _other_thread_takes(make_lock(tmp_path)) == [None]
