@@ -134,7 +134,9 @@ class SidecarLock:
             it would wait for ever, through another object on the same lock file).
         :raises LedgerIOError: if the lock file cannot be opened, locked or checked.
         """
-        mutex = self._refuse_reentry()
+        mutex: Any = self._mutex  # _refuse_reentry(), inline: every append runs this
+        if mutex._is_owned():
+            raise LockReentered(self.path)
         try:
             if timeout is None or timeout >= _FOREVER:
                 deadline = timeout = None
