@@ -130,7 +130,7 @@ class LedgerFsyncInLock(LedgerObject):
         ledger = self.ledger
         assert isinstance(ledger, AttemptLedger)
         batch = encode_batch(ledger.path, RUN, ledger.node_id, 1, "bench", events)
-        return ledger._under_lock(batch, None, None, fsync=True)[0].seq
+        return ledger._under_lock(batch, None, None).seq
 
 
 class Postgres(LedgerObject):
