@@ -112,8 +112,6 @@ class AttemptLedger:
             self._handles.close()
             self._lock.close()
 
-    # -- appending ------------------------------------------------------------------------------
-
     def append(
         self,
         attempt: int,
@@ -308,8 +306,6 @@ class AttemptLedger:
         fd = self._handles.fd
         return fd if fd is not None else self._handles.open(self.path, durable=self.durable)[0]
 
-    # -- reading --------------------------------------------------------------------------------
-
     def last_seq(self) -> int:
         """Return the seq of the last valid line; 0 for a missing or empty ledger. Takes no lock.
 
@@ -390,14 +386,9 @@ class AttemptLedger:
         )
 
 
-def _rebuild(
-    root: Path,
-    run_id: str,
-    node_id: str,
-    lock_timeout: float | None,
-    durable: bool,
-    hash_chain: bool = False,
-) -> AttemptLedger:
+def _rebuild(root: Path, run_id: str, node_id: str, *options: Any) -> AttemptLedger:
+    # options: lock_timeout, durable, hash_chain (absent from pickles made before it existed).
+    lock_timeout, durable, hash_chain = (*options, False)[:3]
     return AttemptLedger(
         root, run_id, node_id, lock_timeout=lock_timeout, durable=durable, hash_chain=hash_chain
     )
