@@ -573,23 +573,6 @@ def test_try_append_never_waits_for_a_held_lock(root: Path) -> None:
     assert ledger.path.read_bytes() == before
 
 
-def test_try_append_takes_back_a_write_whose_fsync_failed(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # asyncio's durable append fsyncs under the lock: taking the write back must not try to
-    # take the lock again (that would fail as a re-entry, and leave the records unknown).
-    ledger = AttemptLedger(root, "r", "n", durable=True)
-    ledger.append(1, "s", EV)
-    before = ledger.path.read_bytes()
-    failing_ledger_fsync(ledger, monkeypatch)
-    batch = encode_batch(ledger.path, "r", "n", 1, "s", EV)
-    with pytest.raises(LedgerIOError) as info:
-        ledger._try_append(batch)
-    assert type(info.value) is LedgerIOError
-    assert info.value.errno == errno.EIO
-    assert ledger.path.read_bytes() == before
-
-
 def test_a_failed_fsync_when_the_size_cannot_be_checked_says_so(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
